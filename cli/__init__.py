@@ -1,0 +1,1 @@
+"""medsaga's command line: Typer commands that parse options and call the library."""

@@ -1,0 +1,71 @@
+"""The ``medsaga`` Typer app.
+
+Commands stay thin: parse options, call the library, render with rich. Heavy imports (torch,
+nibabel, SimpleITK) happen inside the commands so that ``medsaga --help`` is instant.
+User errors (:class:`medsaga.errors.InputError`) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from medsaga import __version__
+from medsaga.errors import InputError
+
+app = typer.Typer(
+    name="medsaga",
+    help="Few-shot, memory-efficient fine-tuning of the Segment Anything Model for CT/MR volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"medsaga {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Few-shot, memory-efficient fine-tuning of the Segment Anything Model for CT/MR volumes."""
+
+
+def _register_commands() -> None:
+    from cli import inspect_cmd
+
+    inspect_cmd.register(app)
+
+
+_register_commands()
+
+
+def run() -> None:
+    """Console-script entry point: the app, with user errors turned into one line and exit 2."""
+    try:
+        app(standalone_mode=False)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    run()

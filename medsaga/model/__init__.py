@@ -1,0 +1,1 @@
+"""SAM construction, checkpoint formats and the prompt-free multi-class head."""
