@@ -100,8 +100,13 @@ def _case_table(dataset: Dataset, summaries: list[CaseSummary]) -> Table:
 
 
 def _abbreviate(count: int) -> str:
-    """``4245424`` → ``4.25M``: counts in a narrow column."""
-    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
-        if count >= threshold:
-            return f"{count / threshold:.3g}{suffix}"
-    return str(count)
+    """``4245424`` → ``4.25M``, ``89286`` → ``89.3k``, ``6337`` → ``6337``: counts in a narrow column."""
+    if count < 10_000:  # four digits still fit the column
+        return str(count)
+    value = float(count)
+    for suffix in ("k", "M", "G"):
+        value /= 1000
+        text = f"{value:.3g}"
+        if "e" not in text:  # 999.9k rounds to "1e+03": use the next unit instead
+            return text + suffix
+    return f"{value:.3g}G"
