@@ -11,6 +11,7 @@ import typer
 from medsaga.errors import InputError
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
     from medsaga.data.checks import CaseSummary
@@ -22,21 +23,90 @@ def register(app: typer.Typer) -> None:
 
 
 def inspect(
-    data_dir: Path = typer.Argument(..., help="Dataset folder: nnU-Net v2 / MSD layout or image/label pairs."),
+    path: Path = typer.Argument(..., help="A dataset folder (nnU-Net v2 / MSD layout or image/label pairs), "
+                                          "or one scan: a NIfTI/NRRD/MHA file, a DICOM series folder, a DICOM-SEG."),
+    series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to read when a DICOM folder "
+                                                             "holds several series."),
 ) -> None:
-    """List the cases of a dataset: shape, spacing, orientation, channels, label values with voxel
-    counts, and every problem found (grid mismatch, non-integer or undeclared labels).
+    """Describe a dataset or a single scan.
 
-    Exits with code 2 when any case has a problem.
+    For a dataset: every case with its shape, spacing, orientation, channels, voxel count per label
+    value, and every problem found (unreadable file, grid mismatch, non-integer or undeclared
+    labels). For a scan: its geometry, value range and source header details.
+
+    Exits with code 2 when anything is wrong.
     """
+    if not path.exists():
+        raise InputError("no such file or folder", path)
+    if _is_single_scan(path):
+        _inspect_scan(path, series)
+    else:
+        _inspect_dataset(path)
+
+
+def _is_single_scan(path: Path) -> bool:
+    """A file, or a folder of DICOM files that is not a dataset layout."""
+    from medsaga.io.formats import DICOM_SUFFIXES, has_dicom_preamble
+
+    if path.is_file():
+        return True
+    if not path.is_dir() or (path / "imagesTr").is_dir():
+        return False
+    files = [p for p in path.iterdir() if p.is_file()]
+    return any(p.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(p) for p in files[:50])
+
+
+def _inspect_scan(path: Path, series: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medsaga.data.checks import label_counts
+    from medsaga.io import read_volume
+
+    volume = read_volume(path, series)
+    values = volume.array
+    table = Table(show_header=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("path", str(path)),
+        ("format", volume.source.format),
+        ("shape (i, j, k)", " × ".join(str(n) for n in volume.shape)),
+        ("spacing (mm)", " × ".join(f"{s:.4g}" for s in volume.spacing)),
+        ("orientation", volume.orientation),
+        ("origin (RAS mm)", ", ".join(f"{v:.2f}" for v in volume.origin)),
+        ("dtype", str(values.dtype)),
+        ("value range", f"{values.min():g} .. {values.max():g}" if values.size else "empty"),
+    ]
+    if volume.source.series_instance_uid:
+        rows.append(("SeriesInstanceUID", volume.source.series_instance_uid))
+    if volume.source.dicom_files:
+        rows.append(("DICOM files", str(len(volume.source.dicom_files))))
+    rows += [(key, text) for key, text in volume.source.metadata.items() if text]
+    if values.dtype.kind in "iub" and values.size and values.min() >= 0 and values.max() < 1024:
+        counts = label_counts(volume)
+        if len(counts) <= 32:  # a label map: show what it holds
+            rows.append(("voxels per value", ", ".join(f"{v}: {c:,}" for v, c in counts.items())))
+    for field, text in rows:
+        table.add_row(field, text)
+    _stdout_console().print(table)
+
+
+def _stdout_console() -> "Console":
+    from rich.console import Console
+
+    # Redirected to a file or a CI log, rich would assume 80 columns and fold the table.
+    return Console() if sys.stdout.isatty() else Console(width=132)
+
+
+def _inspect_dataset(data_dir: Path) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from medsaga.data.checks import summarize_case
     from medsaga.data.dataset import discover_dataset
 
     dataset = discover_dataset(data_dir)
-    # Redirected to a file or a CI log, rich would assume 80 columns and fold the table.
-    console = Console() if sys.stdout.isatty() else Console(width=132)
+    console = _stdout_console()
     summaries: list[CaseSummary] = []
     with Progress(TextColumn("reading {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
@@ -49,10 +119,10 @@ def inspect(
     problems = [problem for summary in summaries for problem in summary.problems]
     if problems:
         error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+        # One line per problem, each naming its file; no summary line to read past.
         for problem in problems:
             error_console.print(f"error: {problem}", markup=False)
-        raise InputError(f"{len(problems)} problem(s) in {sum(1 for s in summaries if s.problems)} case(s)",
-                         dataset.root)
+        raise typer.Exit(2)
 
 
 # Past this many distinct label values one column per value no longer fits a terminal.

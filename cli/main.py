@@ -47,24 +47,16 @@ _register_commands()
 
 
 def run() -> None:
-    """Console-script entry point: the app, with user errors turned into one line and exit 2."""
+    """Console-script entry point: the app, with user errors turned into one line and exit 2.
+
+    Typer's standalone mode already handles ``--help`` and usage errors (exit 2); an
+    :class:`InputError` raised by a command propagates out of it and is shown here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
 
 
 if __name__ == "__main__":

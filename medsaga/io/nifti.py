@@ -1,0 +1,41 @@
+"""NIfTI (.nii, .nii.gz) with nibabel, keeping the header so that outputs overlay exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medsaga.errors import InputError
+from medsaga.io.volume import SourceInfo, Volume
+
+
+def read_nifti(path: Path) -> Volume:
+    """Read a 3-D NIfTI-1 or NIfTI-2 image (trailing axes of length 1 are dropped).
+
+    Returns a :class:`Volume` whose ``array`` has the on-disk dtype after scaling (scl_slope),
+    shape ``(I, J, K)``, and whose ``affine`` is the file's best affine (sform, else qform).
+    ``source.nifti_header`` keeps the header (qform/sform codes, intent, units, extensions).
+    """
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        # Read the voxels here, inside the try: a truncated .nii.gz only fails when decompressed.
+        array = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel raises many types for corrupt/truncated files
+        raise InputError(f"cannot read as NIfTI ({_short(error)})", path) from None
+    if array.dtype.fields is not None or np.iscomplexobj(array):
+        raise InputError(f"holds {array.dtype} voxels (colour or complex); expected one real value per voxel",
+                         path)
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(f"expected a 3-D volume, found shape {array.shape}", path)
+    header = image.header.copy()
+    return Volume(np.asarray(array), image.affine, SourceInfo(path=Path(path), format="nifti", nifti_header=header))
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:200]
