@@ -2,10 +2,16 @@
 # torch is installed first and pinned: on these machines torch==2.13.0 is a local CPU wheel, and
 # letting pip resolve torch through a dependency would pull gigabytes of CUDA packages.
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# This machine's pip configuration names a local index folder that is partly absent; pip warns once
+# per package about it. The filter hides only those lines; pipefail keeps pip's exit status.
+QUIET_INDEX_WARNINGS := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 PIP := $(PY) -m pip install --quiet
 
 .PHONY: demo test install install-dev clean-venv
@@ -14,15 +20,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.torch-installed: | $(PY)
-	$(PIP) torch==$(TORCH_VERSION)
+	$(PIP) torch==$(TORCH_VERSION) $(QUIET_INDEX_WARNINGS)
 	touch $@
 
 $(VENV)/.runtime-installed: pyproject.toml $(VENV)/.torch-installed
-	$(PIP) -e .
+	$(PIP) -e . $(QUIET_INDEX_WARNINGS)
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.runtime-installed
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev]" $(QUIET_INDEX_WARNINGS)
 	touch $@
 
 install: $(VENV)/.runtime-installed

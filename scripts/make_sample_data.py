@@ -274,27 +274,22 @@ def cached(field: Field) -> Field:
 
 def intersect(*fields: Field) -> Field:
     """CSG intersection: the largest distance, with the normal of the surface that set it."""
-
-    def field(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        distance, normal = fields[0](xyz)
-        for other in fields[1:]:
-            d2, n2 = other(xyz)
-            take = d2 > distance
-            distance = np.where(take, d2, distance)
-            normal = np.where(take[None, :], n2, normal)
-        return distance, normal
-
-    return field
+    return _combine(fields, np.greater)
 
 
 def union(*fields: Field) -> Field:
     """CSG union: the smallest distance, with the normal of the surface that set it."""
+    return _combine(fields, np.less)
+
+
+def _combine(fields: tuple[Field, ...], prefer: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Field:
+    """Point-wise pick among ``fields``: ``prefer(d_other, d_so_far)`` says where the other wins."""
 
     def field(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         distance, normal = fields[0](xyz)
         for other in fields[1:]:
             d2, n2 = other(xyz)
-            take = d2 < distance
+            take = prefer(d2, distance)
             distance = np.where(take, d2, distance)
             normal = np.where(take[None, :], n2, normal)
         return distance, normal

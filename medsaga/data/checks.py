@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from medsaga.data.dataset import CaseFiles, Dataset
+from medsaga.data.labels import label_value_problem, value_counts
 from medsaga.errors import InputError
 from medsaga.io import Volume, read_volume
 
@@ -93,19 +94,7 @@ def label_counts(label: Volume) -> dict[int, int]:
 
     Assumes integer, non-negative values (see :func:`check_case`).
     """
-    return _value_counts(np.asarray(label.array))
-
-
-def _value_counts(values: np.ndarray) -> dict[int, int]:
-    """Count per value of a non-negative integer-valued array; bincount is ~10x faster than unique."""
-    values = values.ravel()
-    if values.dtype.kind == "f":
-        values = values.astype(np.int64)
-    if values.size and int(values.max()) < 2**16:
-        counts = np.bincount(values.astype(np.int64, copy=False))
-        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
-    unique, counts = np.unique(values, return_counts=True)
-    return {int(v): int(c) for v, c in zip(unique, counts)}
+    return value_counts(np.asarray(label.array))
 
 
 def summarize_case(dataset: Dataset, files: CaseFiles) -> CaseSummary:
@@ -136,26 +125,5 @@ def iter_checked_cases(dataset: Dataset, cases: tuple[CaseFiles, ...] | None = N
 
 def _label_value_problems(dataset: Dataset, files: CaseFiles, label: Volume) -> list[Problem]:
     assert files.label is not None
-    message = _label_value_message(np.asarray(label.array), dataset.declared_values)
+    message = label_value_problem(np.asarray(label.array), dataset.declared_values)
     return [] if message is None else [Problem(files.case_id, files.label, message, "values")]
-
-
-def _label_value_message(values: np.ndarray, declared: frozenset[int] | None) -> str | None:
-    """What is wrong with the label values ``(I, J, K)``, or ``None``."""
-    if values.dtype.kind == "f":
-        if not np.isfinite(values).all():
-            return "label map holds NaN or infinite values"
-        fractional = values != np.round(values)
-        if fractional.any():
-            return f"label map holds non-integer values (e.g. {float(values[fractional][0]):g}); labels must be integers"
-    elif values.dtype.kind not in "iub":
-        return f"label map has non-numeric dtype {values.dtype}"
-    if values.size and values.min() < 0:
-        return f"label map holds negative values (min {values.min():g})"
-    if declared is None:
-        return None
-    undeclared = sorted(set(_value_counts(values)) - declared)
-    if undeclared:
-        shown = undeclared[:10] + (["..."] if len(undeclared) > 10 else [])
-        return f"label values {shown} are not declared in dataset.json (declared: {sorted(declared)})"
-    return None

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from medsaga.data.intensity import IntensityPreset, normalise
+from medsaga.data.labels import label_value_problem
 from medsaga.data.slicing import slice_geometry, slice_volume
 from medsaga.errors import InputError
 from medsaga.io.volume import Volume
@@ -122,16 +123,12 @@ def label_slices(label: Volume, plane: str = "axial") -> np.ndarray:
     :func:`medsaga.data.slicing.slice_volume`.
 
     Raises:
-        InputError: the label map holds non-integer values (names its file).
+        InputError: the label map holds non-integer or negative values (names its file).
     """
     stack = slice_volume(label, plane).array
-    if stack.dtype.kind == "f":
-        # Float label maps are common (written by tools that save everything as float); accept
-        # them only when every value is a whole number, since rounding would invent labels.
-        if not np.isfinite(stack).all() or not np.array_equal(stack, np.round(stack)):
-            raise InputError("label map has non-integer values", label.source.path)
-    elif stack.dtype.kind not in "biu":
-        raise InputError(f"label map has unsupported type {stack.dtype}", label.source.path)
+    problem = label_value_problem(stack, declared=None)
+    if problem is not None:
+        raise InputError(problem, label.source.path)
     return stack.astype(np.int64, order="C")
 
 
