@@ -66,7 +66,7 @@ def test_nifti_with_several_volumes_is_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "four_d.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)), path)
-    with pytest.raises(InputError, match=r"expected a 3-D volume, found shape \(4, 4, 4, 2\)"):
+    with pytest.raises(InputError, match=r"holds 2 volumes \(shape \(4, 4, 4, 2\)\).*CASE_0000, CASE_0001"):
         read_volume(path)
     single = tmp_path / "one_volume.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 1), np.int16), np.eye(4)), single)

@@ -30,6 +30,9 @@ def read_nifti(path: Path) -> Volume:
                          path)
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if array.ndim == 4:
+        raise InputError(f"holds {array.shape[3]} volumes (shape {array.shape}); medsaga reads one 3-D volume "
+                         "per file: store channels as CASE_0000, CASE_0001, ... (nnU-Net v2 layout)", path)
     if array.ndim != 3:
         raise InputError(f"expected a 3-D volume, found shape {array.shape}", path)
     header = image.header.copy()
