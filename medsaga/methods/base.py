@@ -1,0 +1,143 @@
+"""The one interface every tuning method implements.
+
+A method (see DESIGN.md):
+
+1. takes the built model and its options, and marks or wraps what trains (everything else frozen);
+2. returns the optimizer param groups, or builds its own optimizer (GaLore does);
+3. may add an auxiliary loss (Conv-LoRA's load balancing);
+4. says whether the image encoder runs without gradients (then its outputs can be cached);
+5. hands over exactly what it trained, to be saved as safetensors, with its options as JSON.
+
+The training loop, prediction and the benchmark never branch on a method's name: they call this
+interface. Compare HF PEFT's tuners: each method self-contained behind one protocol, found by name
+in a registry (:mod:`medsaga.methods.registry`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Options common to all methods; each method subclasses this with its own fields."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values (tuples become lists)."""
+        return asdict(self)
+
+
+class TuningMethod(ABC):
+    """Base class of the tuning methods.
+
+    Class attributes a method sets:
+        name: the ``--method`` value.
+        options_type: its options dataclass.
+        default_lr: the learning rate used when the user gives none (documented per method).
+        default_weight_decay: AdamW's decoupled weight decay; 0.1 as SAMed and MedSAGa.
+        encoder_frozen: the image encoder gets no gradient; the loop runs it under ``no_grad``.
+    """
+
+    name: ClassVar[str]
+    options_type: ClassVar[type[MethodOptions]] = MethodOptions
+    default_lr: ClassVar[float]
+    default_weight_decay: ClassVar[float] = 0.1
+    encoder_frozen: ClassVar[bool] = False
+
+    def __init__(self, options: MethodOptions | None = None) -> None:
+        self.options = options if options is not None else self.options_type()
+        if not isinstance(self.options, self.options_type):
+            raise TypeError(f"{self.name} takes {self.options_type.__name__}, got {type(self.options).__name__}")
+
+    @abstractmethod
+    def prepare(self, model: nn.Module) -> None:
+        """Freeze ``model`` (a :class:`~medsaga.model.segmenter.SamSegmenter`) except what this
+        method trains; wrap layers where the method needs to. Called once, before training."""
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer param groups over the trainable parameters (default: one AdamW group)."""
+        return [{"params": trainable_parameters(model), "lr": lr, "weight_decay": weight_decay}]
+
+    def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The optimizer for :meth:`param_groups` (default: ``torch.optim.AdamW``)."""
+        return torch.optim.AdamW(self.param_groups(model, lr, weight_decay), lr=lr, weight_decay=weight_decay)
+
+    def auxiliary_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra loss term from the last forward pass, added to the task loss; ``None`` if none."""
+        return None
+
+    def trained_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Exactly what this method trained, by parameter name (detached, contiguous, on CPU).
+
+        Default: every parameter with ``requires_grad`` after :meth:`prepare`.
+        """
+        return {name: parameter.detach().cpu().contiguous()
+                for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+    def load_trained_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Put a :meth:`trained_state` back into a prepared ``model``; names must match exactly."""
+        expected = self.trained_state(model)
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{self.name} state does not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        tensors = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                target = tensors[name]
+                if target.shape != value.shape:
+                    raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model {tuple(target.shape)}")
+                target.copy_(value.to(dtype=target.dtype))
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``module`` that require gradients, in registration order."""
+    return [parameter for parameter in module.parameters() if parameter.requires_grad]
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` number of parameter elements."""
+    total = trainable = 0
+    for parameter in module.parameters():
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+    return trainable, total
+
+
+def freeze(module: nn.Module) -> None:
+    """Stop gradients to every parameter of ``module``."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+
+
+def unfreeze(module: nn.Module) -> None:
+    """Let gradients reach every parameter of ``module``."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(True)
+
+
+def image_encoder(model: nn.Module) -> nn.Module:
+    """The SAM image encoder (ViT) inside a segmenter: the one place that knows where it lives."""
+    return model.sam.image_encoder  # type: ignore[no-any-return]
+
+
+def mask_decoder(model: nn.Module) -> nn.Module:
+    """The SAM mask decoder inside a segmenter (trained fully by every method, as in the papers)."""
+    return model.sam.mask_decoder  # type: ignore[no-any-return]
+
+
+def unfreeze_mask_decoder(model: nn.Module) -> None:
+    """Let the mask decoder train, all but its IoU-prediction head.
+
+    The prompt-free head never reads the IoU prediction, so that MLP would get no gradient: marking
+    it trainable would only inflate the trainable count and the saved state.
+    """
+    decoder = mask_decoder(model)
+    unfreeze(decoder)
+    freeze(decoder.iou_prediction_head)

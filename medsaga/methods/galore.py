@@ -1,0 +1,98 @@
+"""``galore``: MedSAGa — GaLore on the image encoder's 2-D linear weights, full tuning of the decoder.
+
+GaLore keeps every encoder weight trainable but stores Adam's moments in a rank-``r`` projection
+of each 2-D weight's gradient (``(r, n)`` instead of ``(m, n)``), so the optimizer state of the
+encoder shrinks by ``m / r``. Where it applies: the ``qkv``, ``proj``, ``mlp.lin1`` and
+``mlp.lin2`` weights of every encoder block. Everything else that trains — patch embedding, neck
+convolutions, relative-position tables, norms, biases, the absolute position embedding, and the
+whole mask decoder — uses plain AdamW in a second group of the same optimizer.
+
+Defaults follow the MedSAGa code (:mod:`medsaga.optim.defaults`): rank 8 (4 to 8 is the useful
+range), a projection refresh every 200 steps, scale 0.25, lr 5e-3 with warm-up and poly decay.
+One deliberate difference: the refresh uses the seeded randomized SVD by default (42x faster than
+the full SVD for a 768 x 3072 weight on our CPU, subspace overlap > 0.999); ``svd="full"``
+restores galore-torch's exact behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from medsaga.methods.base import (MethodOptions, TuningMethod, freeze, image_encoder, unfreeze,
+                                  unfreeze_mask_decoder)
+from medsaga.methods.registry import register
+from medsaga.optim import GaLoreAdamW, defaults
+
+
+@dataclass(frozen=True)
+class GaLoreOptions(MethodOptions):
+    """GaLore's options.
+
+    Attributes:
+        rank: rank of the gradient projection of each targeted weight.
+        update_proj_gap: steps between projection refreshes.
+        scale: factor on the projected-back update.
+        svd: ``"randomized"`` (seeded range finder) or ``"full"`` (exact, as galore-torch).
+        layerwise: apply each weight's update in its gradient hook during backward and free the
+            gradient at once (no gradient accumulation, no global clipping in this mode).
+        targets: names of the encoder blocks' linear layers that GaLore projects.
+    """
+
+    rank: int = defaults.DEFAULT_RANK
+    update_proj_gap: int = defaults.DEFAULT_UPDATE_PROJ_GAP
+    scale: float = defaults.DEFAULT_SCALE
+    svd: str = "randomized"
+    layerwise: bool = False
+    targets: tuple[str, ...] = ("qkv", "proj", "lin1", "lin2")
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.rank < 1 or self.update_proj_gap < 1:
+            raise ValueError("rank and update_proj_gap must be positive")
+        if self.svd not in defaults.SVD_METHODS:
+            raise ValueError(f"svd must be one of {defaults.SVD_METHODS}, got {self.svd!r}")
+
+
+@register
+class GaLoreMethod(TuningMethod):
+    """MedSAGa. Default lr 5e-3 (MedSAGa's base learning rate)."""
+
+    name = "galore"
+    options_type = GaLoreOptions
+    default_lr = defaults.DEFAULT_LR
+
+    def prepare(self, model: nn.Module) -> None:
+        freeze(model)
+        unfreeze(image_encoder(model))
+        unfreeze_mask_decoder(model)
+
+    def projected_weights(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """``(name in model, weight)`` of the encoder blocks' targeted 2-D linear weights, in order."""
+        options: GaLoreOptions = self.options  # type: ignore[assignment]
+        targeted = {id(module.weight) for name, module in image_encoder(model).named_modules()
+                    if isinstance(module, nn.Linear) and name.startswith("blocks.")
+                    and name.split(".")[-1] in options.targets}
+        return [(name, parameter) for name, parameter in model.named_parameters() if id(parameter) in targeted]
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        options: GaLoreOptions = self.options  # type: ignore[assignment]
+        projected = self.projected_weights(model)
+        projected_ids = {id(parameter) for _, parameter in projected}
+        others = [(name, p) for name, p in model.named_parameters()
+                  if p.requires_grad and id(p) not in projected_ids]
+        return [
+            {"params": projected, "rank": options.rank, "update_proj_gap": options.update_proj_gap,
+             "scale": options.scale, "proj_type": defaults.DEFAULT_PROJ_TYPE, "svd": options.svd,
+             "lr": lr, "weight_decay": weight_decay},
+            {"params": others, "lr": lr, "weight_decay": weight_decay},
+        ]
+
+    def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        options: GaLoreOptions = self.options  # type: ignore[assignment]
+        return GaLoreAdamW(self.param_groups(model, lr, weight_decay), lr=lr, weight_decay=weight_decay,
+                           layerwise=options.layerwise)

@@ -1,0 +1,47 @@
+"""Methods by name: ``--method galore`` finds :class:`~medsaga.methods.galore.GaLoreMethod` here."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from medsaga.errors import InputError
+from medsaga.methods.base import TuningMethod
+
+_METHODS: dict[str, type[TuningMethod]] = {}
+MethodType = TypeVar("MethodType", bound=type[TuningMethod])
+
+
+def register(method: MethodType) -> MethodType:
+    """Class decorator: make a method available by its ``name``."""
+    if method.name in _METHODS:
+        raise ValueError(f"two methods named {method.name!r}")
+    _METHODS[method.name] = method
+    return method
+
+
+def method_names() -> list[str]:
+    """Registered method names, in registration order."""
+    _import_builtin_methods()
+    return list(_METHODS)
+
+
+def create_method(name: str, options: dict[str, Any] | None = None) -> TuningMethod:
+    """A method by name, with options from a dict (e.g. a run's config.json).
+
+    Raises:
+        InputError: unknown method name or option.
+    """
+    _import_builtin_methods()
+    if name not in _METHODS:
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(_METHODS)}")
+    method_type = _METHODS[name]
+    try:
+        return method_type(method_type.options_type(**(options or {})))
+    except TypeError as error:
+        raise InputError(f"bad options for method {name!r}: {error}") from None
+
+
+def _import_builtin_methods() -> None:
+    # Imported lazily: each module registers itself, and importing them here (not at the top)
+    # keeps this module free of import cycles.
+    from medsaga.methods import decoder, full, galore  # noqa: F401

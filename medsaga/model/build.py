@@ -1,0 +1,168 @@
+"""Build SAM from segment-anything's own model classes, by name, at any input size.
+
+The registry holds one :class:`EncoderSpec` per model type: the three official ViT image encoders
+(hyper-parameters as in segment-anything's ``build_sam.py``) and ``tiny``, a two-block encoder for
+tests and the demo. Everything around the image encoder is the official construction for every type:
+
+* prompt embedding dimension 256, so the prompt encoder and the mask decoder (a two-layer
+  ``TwoWayTransformer``, MLP width 2048, 8 heads) are the official ones with the official shapes,
+  ``tiny`` included. The decoder is ~4 M parameters, cheap next to any encoder, and keeping it
+  official means decoder-side tuning and checkpoint adaptation behave on ``tiny`` as on ``vit_b``.
+* ``num_multimask_outputs = num_classes``: the decoder then owns ``num_classes + 1`` mask tokens,
+  hypernetwork MLPs and IoU outputs, one per output channel (background + classes), as in SAMed.
+* pixel mean/std in 0..255 units, as the official checkpoints expect.
+
+The input size may be any positive multiple of 16 (256, 512 and 1024 are the usual ones); the
+image embedding is then ``(S/16, S/16)`` and the decoder's low-resolution masks ``(S/4, S/4)``.
+Nothing here reads a file: weights come from :mod:`medsaga.model.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from numbers import Integral
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from medsaga.errors import InputError
+from medsaga.model.sam_import import sam_modeling
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+PATCH_SIZE = 16
+WINDOW_SIZE = 14
+PROMPT_EMBED_DIM = 256
+PRETRAINED_IMAGE_SIZE = 1024  # the size the official checkpoints were trained at
+PIXEL_MEAN = (123.675, 116.28, 103.53)  # 0..255 units (ImageNet mean × 255)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Hyper-parameters of one ViT image encoder: what distinguishes vit_b, vit_l, vit_h and tiny."""
+
+    name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def describe(self) -> str:
+        """``vit_b (width 768, 12 blocks)``: the shape signature used in error messages."""
+        return f"{self.name} (width {self.embed_dim}, {self.depth} blocks)"
+
+
+# Official values from segment_anything/build_sam.py. The global-attention blocks close each
+# quarter of the depth; every other block attends within 14 × 14 windows.
+ENCODER_SPECS: dict[str, EncoderSpec] = {
+    spec.name: spec
+    for spec in (
+        EncoderSpec("vit_b", embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+        EncoderSpec("vit_l", embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+        EncoderSpec("vit_h", embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+        # Small enough for CPU tests (~0.7 M encoder parameters), yet with both block kinds
+        # (windowed, then global) so the rel-pos resizing and window padding paths are exercised.
+        EncoderSpec("tiny", embed_dim=96, depth=2, num_heads=3, global_attn_indexes=(1,)),
+    )
+}
+OFFICIAL_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+
+
+def model_types() -> tuple[str, ...]:
+    """Names accepted by :func:`build_sam`."""
+    return tuple(ENCODER_SPECS)
+
+
+def encoder_spec(model_type: str) -> EncoderSpec:
+    """The spec registered under ``model_type``; an unknown name is an :class:`InputError`."""
+    try:
+        return ENCODER_SPECS[model_type]
+    except KeyError:
+        raise InputError(f"unknown model type {model_type!r}; choose one of {', '.join(ENCODER_SPECS)}") from None
+
+
+def check_image_size(image_size: int) -> int:
+    """Return ``image_size`` if the ViT can take it: a positive multiple of the 16-pixel patch."""
+    # numbers.Integral admits numpy integers (sizes read from arrays or configs); bool is refused.
+    if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size <= 0 \
+            or image_size % PATCH_SIZE:
+        raise InputError(f"image size {image_size!r} is not a positive multiple of {PATCH_SIZE} "
+                         "(use 256, 512 or 1024)")
+    return int(image_size)
+
+
+def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED_IMAGE_SIZE,
+              device: torch.device | str | None = None) -> Sam:
+    """A randomly initialised ``Sam`` of the given type, input size and number of classes.
+
+    ``num_classes`` counts foreground classes; the mask decoder gets ``num_classes + 1`` mask
+    tokens (background first). ``device="meta"`` builds the architecture without allocating memory
+    (names and shapes only; the pixel mean/std buffers stay real, on the CPU), which is how tests
+    reach vit_h's layout and how :func:`~medsaga.model.checkpoint.build_sam_from_checkpoint` avoids
+    a throw-away random initialisation. The model is left in train mode.
+    """
+    spec = encoder_spec(model_type)
+    image_size = check_image_size(image_size)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise InputError(f"number of classes must be a positive integer, got {num_classes!r}")
+    modeling = sam_modeling()
+    grid = image_size // PATCH_SIZE
+    with torch.device(device) if device is not None else nullcontext():
+        sam = modeling.Sam(
+            image_encoder=modeling.ImageEncoderViT(
+                img_size=image_size,
+                patch_size=PATCH_SIZE,
+                embed_dim=spec.embed_dim,
+                depth=spec.depth,
+                num_heads=spec.num_heads,
+                mlp_ratio=4,
+                out_chans=PROMPT_EMBED_DIM,
+                qkv_bias=True,
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                use_rel_pos=True,
+                window_size=WINDOW_SIZE,
+                global_attn_indexes=spec.global_attn_indexes,
+            ),
+            prompt_encoder=modeling.PromptEncoder(
+                embed_dim=PROMPT_EMBED_DIM,
+                image_embedding_size=(grid, grid),
+                input_image_size=(image_size, image_size),
+                mask_in_chans=16,
+            ),
+            mask_decoder=modeling.MaskDecoder(
+                num_multimask_outputs=num_classes,
+                transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048,
+                                                       num_heads=8),
+                transformer_dim=PROMPT_EMBED_DIM,
+                iou_head_depth=3,
+                iou_head_hidden_dim=256,
+            ),
+            pixel_mean=list(PIXEL_MEAN),
+            pixel_std=list(PIXEL_STD),
+        )
+    if device is not None and torch.device(device).type != "meta":
+        # Sam builds pixel_mean/std with the legacy torch.Tensor(list) constructor, which ignores
+        # the device context: move the two buffers to where the parameters are. On "meta" they
+        # stay real CPU tensors: they are not in any state dict (non-persistent), so a model
+        # filled from a checkpoint with assign=True would otherwise keep them unallocated.
+        sam.pixel_mean = sam.pixel_mean.to(device)
+        sam.pixel_std = sam.pixel_std.to(device)
+    return sam
+
+
+def detect_spec(embed_dim: int, depth: int, head_dim: int | None = None) -> EncoderSpec | None:
+    """The registered spec with this patch-embedding width and block count (and head width, if known)."""
+    for spec in ENCODER_SPECS.values():
+        if spec.embed_dim == embed_dim and spec.depth == depth and head_dim in (None, spec.head_dim):
+            return spec
+    return None
+

@@ -1,0 +1,146 @@
+"""The method interface and the methods of this issue: galore (MedSAGa), decoder, full."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsaga.errors import InputError
+from medsaga.methods import count_parameters, create_method, load_trained, method_names, save_trained
+from medsaga.methods.galore import GaLoreMethod, GaLoreOptions
+from tests.method_helpers import synthetic_batch, tiny_segmenter, train_steps
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def test_registry_lists_the_methods_and_refuses_unknown_ones() -> None:
+    assert {"galore", "decoder", "full"} <= set(method_names())
+    with pytest.raises(InputError, match="unknown method 'lora2'; choose one of: .*galore"):
+        create_method("lora2")
+    with pytest.raises(InputError, match="bad options for method 'galore'"):
+        create_method("galore", {"rnak": 4})
+
+
+def test_every_trainable_parameter_gets_a_gradient() -> None:
+    """Nothing is counted (or saved) as trained that the prompt-free head cannot train."""
+    from medsaga.losses import segmentation_loss
+
+    images, labels = synthetic_batch()
+    for name in ("decoder", "full", "galore"):
+        model = tiny_segmenter()
+        create_method(name).prepare(model)
+        segmentation_loss(model(images), labels).backward()
+        starved = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert starved == [], (name, starved)
+
+
+def test_decoder_leaves_the_encoder_bit_identical() -> None:
+    model = tiny_segmenter()
+    method = create_method("decoder")
+    method.prepare(model)
+    encoder_before, decoder_before = _snapshot(model.sam.image_encoder), _snapshot(model.sam.mask_decoder)
+    images, labels = synthetic_batch()
+    train_steps(model, method, images, labels, steps=3)
+    for name, value in model.sam.image_encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[name]), name
+    changed = [n for n, v in model.sam.mask_decoder.state_dict().items() if not torch.equal(v, decoder_before[n])]
+    assert len(changed) > 10
+    assert method.encoder_frozen
+    assert all(not p.requires_grad for p in model.sam.image_encoder.parameters())
+    assert all(not p.requires_grad for p in model.sam.prompt_encoder.parameters())
+
+
+def test_full_trains_encoder_and_decoder_but_not_the_prompt_encoder() -> None:
+    model = tiny_segmenter()
+    method = create_method("full")
+    method.prepare(model)
+    trainable, total = count_parameters(model)
+    encoder = sum(p.numel() for p in model.sam.image_encoder.parameters())
+    decoder = sum(p.numel() for p in model.sam.mask_decoder.parameters())
+    iou_head = sum(p.numel() for p in model.sam.mask_decoder.iou_prediction_head.parameters())
+    assert trainable == encoder + decoder - iou_head < total
+    before = _snapshot(model.sam.image_encoder)
+    train_steps(model, method, *synthetic_batch(), steps=2)
+    assert not torch.equal(model.sam.image_encoder.blocks[0].attn.qkv.weight, before["blocks.0.attn.qkv.weight"])
+
+
+def test_galore_projects_exactly_the_block_linear_weights() -> None:
+    model = tiny_segmenter()
+    method = GaLoreMethod(GaLoreOptions(rank=4, update_proj_gap=5))
+    method.prepare(model)
+    names = [name for name, _ in method.projected_weights(model)]
+    depth = len(model.sam.image_encoder.blocks)
+    expected = [f"sam.image_encoder.blocks.{b}.{layer}.weight" for b in range(depth)
+                for layer in ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2")]
+    assert names == expected
+    groups = method.param_groups(model, 1e-3, 0.1)
+    assert groups[0]["rank"] == 4 and "rank" not in groups[1]
+    other_names = {name for name, _ in groups[1]["params"]}
+    assert "sam.image_encoder.patch_embed.proj.weight" in other_names  # conv: AdamW, not GaLore
+    assert "sam.image_encoder.neck.0.weight" in other_names
+    assert "sam.image_encoder.blocks.1.attn.rel_pos_h" in other_names
+    assert any(name.startswith("sam.mask_decoder.") for name in other_names)
+
+
+def test_galore_adam_moments_have_rank_r_shape() -> None:
+    """MedSAGa's own code never reaches GaLore (flat parameter list); ours must really project."""
+    model = tiny_segmenter()
+    method = GaLoreMethod(GaLoreOptions(rank=4, svd="full"))
+    method.prepare(model)
+    images, labels = synthetic_batch()
+    optimizer = method.build_optimizer(model, 1e-3, 0.1)
+    from medsaga.losses import segmentation_loss
+
+    segmentation_loss(model(images), labels).backward()
+    optimizer.step()
+    qkv = model.sam.image_encoder.blocks[0].attn.qkv.weight  # (288, 96)
+    state = optimizer.state[qkv]
+    assert qkv.shape == (288, 96)
+    assert state["exp_avg"].shape in {(288, 4), (4, 96)}
+    assert state["exp_avg_sq"].shape == state["exp_avg"].shape
+    decoder_weight = model.sam.mask_decoder.output_upscaling[0].weight
+    assert optimizer.state[decoder_weight]["exp_avg"].shape == decoder_weight.shape
+
+
+@pytest.mark.parametrize("name", ["decoder", "full", "galore"])
+def test_saves_and_reloads_exactly_what_it_trained(name: str, tmp_path: Path) -> None:
+    model = tiny_segmenter()
+    method = create_method(name, {"update_proj_gap": 2} if name == "galore" else None)
+    method.prepare(model)
+    train_steps(model, method, *synthetic_batch(), steps=3)
+    description = save_trained(method, model, tmp_path / "run")
+    trained = method.trained_state(model)
+    assert description["saved_tensors"] == len(trained)
+    assert description["trainable_parameters"] == count_parameters(model)[0]
+
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "trained.safetensors"))
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
+    fresh = tiny_segmenter(seed=0)
+    reloaded = load_trained(tmp_path / "run", fresh)
+    assert reloaded.name == name and reloaded.options == method.options
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key]), key
+
+
+def test_decoder_run_is_small(tmp_path: Path) -> None:
+    model = tiny_segmenter()
+    method = create_method("decoder")
+    method.prepare(model)
+    save_trained(method, model, tmp_path)
+    decoder_bytes = sum(p.numel() * p.element_size() for p in model.sam.mask_decoder.parameters())
+    assert (tmp_path / "trained.safetensors").stat().st_size < decoder_bytes + 64_000
+
+
+def test_loading_into_a_different_model_is_a_clear_error(tmp_path: Path) -> None:
+    model = tiny_segmenter(num_classes=3)
+    method = create_method("decoder")
+    method.prepare(model)
+    save_trained(method, model, tmp_path)
+    with pytest.raises(InputError, match="does not fit the model"):
+        load_trained(tmp_path, tiny_segmenter(num_classes=2))
