@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, TypeVar
 
 from medsaga.errors import InputError
@@ -41,7 +42,12 @@ def create_method(name: str, options: dict[str, Any] | None = None) -> TuningMet
         raise InputError(f"bad options for method {name!r}: {error}") from None
 
 
+# The modules of medsaga's own methods, in the order ``--method`` lists them.
+BUILTIN_METHOD_MODULES = ("galore", "decoder", "full")
+
+
 def _import_builtin_methods() -> None:
     # Imported lazily: each module registers itself, and importing them here (not at the top)
     # keeps this module free of import cycles.
-    from medsaga.methods import decoder, full, galore  # noqa: F401
+    for module in BUILTIN_METHOD_MODULES:
+        importlib.import_module(f"medsaga.methods.{module}")
