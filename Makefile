@@ -38,6 +38,8 @@ install-dev: $(VENV)/.dev-installed
 # The main job end to end on the synthetic phantoms in sample_data/.
 demo: install
 	$(VENV)/bin/medsaga inspect sample_data
+	$(VENV)/bin/medsaga finetune sample_data --shots 5 --val 3 --model tiny --image-size 128 --epochs 20 \
+		--out runs/demo --force
 
 test: install-dev
 	$(PY) -m pytest -q

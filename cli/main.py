@@ -38,9 +38,10 @@ def main(
 
 
 def _register_commands() -> None:
-    from cli import inspect_cmd, weights_cmd
+    from cli import finetune_cmd, inspect_cmd, weights_cmd
 
     inspect_cmd.register(app)
+    finetune_cmd.register(app)
     weights_cmd.register(app)
 
 

@@ -26,11 +26,20 @@ def atomic_output(path: Path) -> Iterator[Path]:
     try:
         yield temporary
         _fsync(temporary)
+        # Some writers (safetensors) create private 0600 files; an output should get the
+        # permissions any new file of this user gets.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

@@ -21,7 +21,10 @@ class DecoderOptions(MethodOptions):
 
 @register
 class DecoderMethod(TuningMethod):
-    """Mask decoder only. Default lr 5e-3: SAMed's base learning rate for the decoder."""
+    """Mask decoder only; the encoder is frozen and runs without gradients.
+
+    Default lr 5e-3: SAMed's base learning rate.
+    """
 
     name = "decoder"
     options_type = DecoderOptions

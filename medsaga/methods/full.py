@@ -23,8 +23,11 @@ class FullOptions(MethodOptions):
 
 @register
 class FullMethod(TuningMethod):
-    """All encoder and decoder weights. Default lr 1e-4: MedSAM's rate for full fine-tuning (SAMed's
-    5e-3 is meant for adapters and would wreck the pre-trained ViT)."""
+    """All encoder and decoder weights with AdamW: the reference the other methods are measured against.
+
+    Default lr 1e-4: MedSAM's rate for full fine-tuning (SAMed's 5e-3 is meant for adapters and
+    would wreck the pre-trained ViT).
+    """
 
     name = "full"
     options_type = FullOptions

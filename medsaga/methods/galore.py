@@ -60,7 +60,10 @@ class GaLoreOptions(MethodOptions):
 
 @register
 class GaLoreMethod(TuningMethod):
-    """MedSAGa. Default lr 5e-3 (MedSAGa's base learning rate)."""
+    """MedSAGa: GaLore on the encoder blocks' linear weights, AdamW on the rest and the decoder.
+
+    Default lr 5e-3 (MedSAGa's base learning rate).
+    """
 
     name = "galore"
     options_type = GaLoreOptions

@@ -21,9 +21,14 @@ def register(method: MethodType) -> MethodType:
 
 
 def method_names() -> list[str]:
-    """Registered method names, in registration order."""
+    """Registered method names, in the order of :data:`BUILTIN_METHOD_MODULES`."""
+    return [method.name for method in method_classes()]
+
+
+def method_classes() -> list[type[TuningMethod]]:
+    """Registered method classes, in the order of :data:`BUILTIN_METHOD_MODULES`."""
     _import_builtin_methods()
-    return list(_METHODS)
+    return list(_METHODS.values())
 
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> TuningMethod:
@@ -38,12 +43,12 @@ def create_method(name: str, options: dict[str, Any] | None = None) -> TuningMet
     method_type = _METHODS[name]
     try:
         return method_type(method_type.options_type(**(options or {})))
-    except TypeError as error:
+    except (TypeError, ValueError) as error:  # unknown option names, or values __post_init__ refuses
         raise InputError(f"bad options for method {name!r}: {error}") from None
 
 
 # The modules of medsaga's own methods, in the order ``--method`` lists them.
-BUILTIN_METHOD_MODULES = ("galore", "decoder", "full")
+BUILTIN_METHOD_MODULES = ("galore", "adapter", "parser", "lora", "conv_lora", "decoder", "full")
 
 
 def _import_builtin_methods() -> None:
@@ -51,3 +56,7 @@ def _import_builtin_methods() -> None:
     # keeps this module free of import cycles.
     for module in BUILTIN_METHOD_MODULES:
         importlib.import_module(f"medsaga.methods.{module}")
+    # Listing order follows BUILTIN_METHOD_MODULES, whatever order the modules were imported in.
+    order = {module.replace("_", "-"): index for index, module in enumerate(BUILTIN_METHOD_MODULES)}
+    for name in sorted(_METHODS, key=lambda name: order.get(name, len(order))):
+        _METHODS[name] = _METHODS.pop(name)

@@ -92,4 +92,7 @@ def top_singular_basis(
     else:
         raise ValueError(f"unknown SVD method {method!r}: expected 'full' or 'randomized'")
     basis = u[:, :rank] if side == "left" else vh[:rank, :]
-    return basis.to(grad.dtype)
+    # Contiguous, as it will be after a checkpoint round trip: a strided slice of U takes another
+    # BLAS path in the projections and rounds differently, so a resumed run would drift by an ulp
+    # per step from the uninterrupted one.
+    return basis.to(grad.dtype).contiguous()

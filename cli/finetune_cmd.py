@@ -1,0 +1,252 @@
+"""``medsaga finetune DATA_DIR --shots K ...``: few-shot fine-tuning with a progress bar and a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperCommand
+
+from medsaga.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune", cls=_MethodsEpilogCommand)(finetune)
+
+
+class _MethodsEpilogCommand(TyperCommand):
+    """Builds the methods epilog only when ``finetune --help`` shows it: listing the methods imports
+    torch, which would otherwise slow down every ``medsaga`` call by seconds."""
+
+    @property  # type: ignore[override]
+    def epilog(self) -> str:
+        return _methods_epilog()
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass
+
+
+def finetune(
+    data_dir: Path | None = typer.Argument(None, help="Dataset folder (nnU-Net v2 / MSD layout or image/label "
+                                                      "pairs). Not needed with --resume."),
+    shots: int = typer.Option(5, "--shots", "-k", help="Number of labelled cases to train on, chosen from the seed."),
+    cases: str | None = typer.Option(None, "--cases", help="Train on these case ids instead (comma-separated)."),
+    val: int = typer.Option(0, "--val", help="Hold out this many other labelled cases; report their mean Dice "
+                                             "per epoch."),
+    method: str = typer.Option("galore", "--method", "-m", help="Tuning method (see the list below)."),
+    method_option: list[str] = typer.Option([], "--method-option", "-o",
+                                            help="A method option as KEY=VALUE, repeatable (e.g. -o rank=4)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="SAM or MedSAM weights (.pth); "
+                                                                            "see 'medsaga weights'."),
+    model: str | None = typer.Option(None, "--model", help="Model type: tiny, vit_b, vit_l, vit_h. Without "
+                                                           "--checkpoint: random weights (tests, benchmarks)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create (RUN_DIR)."),
+    image_size: int = typer.Option(512, "--image-size", help="Model input size, a multiple of 16 (256, 512, 1024)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the training slices (default 10)."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (instead of --epochs)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per forward pass."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Forward/backward passes per optimizer step."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the method's, below)."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.1)."),
+    warmup: float = typer.Option(0.05, "--warmup", help="Fraction of the steps spent in linear warm-up."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the shots, slice order, augmentation and initialisation."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA that supports it), fp32, bf16."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing",
+                                                  help="Recompute encoder blocks in backward: less memory, "
+                                                       "more time."),
+    plane: str = typer.Option("axial", "--plane", help="Slicing plane: axial, coronal, sagittal."),
+    slice_mode: str | None = typer.Option(None, "--slice-mode", help="repeat, neighbours (2.5-D) or modalities "
+                                                                     "(default: repeat for one channel)."),
+    intensity: str | None = typer.Option(None, "--intensity", help="Intensity preset: ct-abdomen, ct-soft-tissue, "
+                                                                   "ct-bone, ct-lung, mr (default: from the "
+                                                                   "channel name)."),
+    empty_ratio: float = typer.Option(0.25, "--empty-ratio", help="Empty slices kept per slice with foreground."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, small rotations and scales, "
+                                                                      "intensity jitter."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between resumable checkpoints."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this RUN_DIR from its last "
+                                                              "checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
+) -> None:
+    """Few-shot fine-tuning of SAM for prompt-free multi-class segmentation.
+
+    Chooses K labelled cases, trains on their slices with the chosen method, and writes RUN_DIR:
+    config.json, trained.safetensors + method.json, metrics.jsonl, report.json and a resumable
+    checkpoint/. Ends with a memory and throughput report.
+    """
+    from medsaga.train.finetune import FinetuneOptions, finetune as run_finetune, options_from_run
+
+    if resume is not None:
+        options, resuming = options_from_run(resume), True
+    else:
+        if data_dir is None:
+            raise InputError("give DATA_DIR (or --resume RUN_DIR)")
+        if out is None:
+            raise InputError("give --out RUN_DIR, the run folder to create")
+        options, resuming = FinetuneOptions(
+            data_dir=data_dir, out=out, shots=shots,
+            cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else (),
+            val=val, method=method, method_options=_parse_method_options(method_option),
+            checkpoint=checkpoint, model=model, image_size=image_size, epochs=epochs, steps=steps,
+            batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup,
+            seed=seed, device=device, precision=precision, activation_checkpointing=activation_checkpointing,
+            plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
+            checkpoint_every=checkpoint_every, force=force), False
+    reporter = _Reporter()
+    try:
+        outcome = run_finetune(options, reporter, resume=resuming)
+    finally:
+        reporter.close()
+    _print_report(outcome.report, outcome.run_dir)
+
+
+def _parse_method_options(pairs: list[str]) -> dict[str, Any]:
+    """``["rank=4", "svd=full"]`` → ``{"rank": 4, "svd": "full"}`` (numbers and booleans parsed)."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key:
+            raise InputError(f"--method-option takes KEY=VALUE, got {pair!r}")
+        parsed[key.strip().replace("-", "_")] = _parse_value(text.strip())
+    return parsed
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if "," in text:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def _methods_epilog() -> str:
+    """The methods and their options, generated from the registry (always in step with the code)."""
+    from medsaga.methods.registry import method_classes
+
+    lines = ["Methods (--method) and their options (-o KEY=VALUE):"]
+    for method_type in method_classes():
+        fields = dataclasses.fields(method_type.options_type)
+        options = ", ".join(f"{f.name}={_default_text(f)}" for f in fields) or "no options"
+        frozen = "; encoder frozen" if method_type.encoder_frozen else ""
+        lines.append(f"  {method_type.name}: lr {method_type.default_lr:g}{frozen}; {options}. "
+                     f"{_first_line(method_type.__doc__)}")
+    return "\n\n".join(lines)
+
+
+def _default_text(field: dataclasses.Field) -> str:
+    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0]
+
+
+class _Reporter:
+    """Rich progress on stderr: loading cases, then training (step, loss, lr, slices/s)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.progress = None
+        self.task = None
+        self.reading = None
+
+    def info(self, message: str) -> None:
+        self.console.print(message, markup=False)
+
+    def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
+        # Transient: gone once the cases are read, so that a bad case leaves one error line only.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        if self.reading is None:
+            self.reading = Progress(TextColumn("reading and checking cases"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.description}"), console=self.console, transient=True)
+            self.reading.start()
+            self.reading_task = self.reading.add_task("", total=total)
+        self.reading.update(self.reading_task, completed=done, description=case_id)
+        if done == total:
+            self.reading.stop()
+
+    def close(self) -> None:
+        """Stop whatever display is still live (after an error, say)."""
+        for display in (self.reading, self.progress):
+            if display is not None:
+                display.stop()
+
+    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.steps_per_epoch = steps_per_epoch
+        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  "
+                                            "{task.fields[speed]} slices/s"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total_steps, completed=first_step, epoch=1, loss="-",
+                                           lr="-", speed="-")
+
+    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
+        assert self.progress is not None and self.task is not None
+        epoch = int((step - 1) // self.steps_per_epoch) + 1
+        self.progress.update(self.task, completed=step, epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                             speed=f"{slices_per_second:.1f}")
+        if step == self.progress.tasks[0].total:
+            self.progress.stop()
+
+    def on_validation(self, epoch: int, mean_dice: float) -> None:
+        target = self.progress.console if self.progress is not None else self.console
+        target.print(f"  validation after epoch {epoch}: mean Dice {mean_dice:.4f}", markup=False)
+
+
+def _print_report(report: dict[str, Any], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    memory = report["memory"]
+    peak = report["peak_memory"]
+    table = Table(title=f"medsaga finetune: {report['method']} on {report['device']} ({report['precision']})",
+                  show_header=False)
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("value")
+    rows = [
+        ("method", report["method"]),
+        ("model", f"{report['model_type']} at {report['image_size']} px"),
+        ("shots", ", ".join(report["train_cases"])),
+        ("parameters", f"{report['trainable_parameters']:,} trainable; SAM has {report['total_parameters']:,} "
+                       f"({100 * report['trainable_parameters'] / max(report['total_parameters'], 1):.2f} %)"),
+        (f"peak memory ({peak['kind']})", _mib(peak["peak_above_baseline_bytes"]) + " above the loaded model"),
+        ("  frozen parameters", _mib(memory["frozen_parameters"])),
+        ("  trainable parameters", _mib(memory["trainable_parameters"])),
+        ("  gradients (peak alive)", _mib(memory["gradients"])),
+        ("  optimizer state", _mib(memory["optimizer_state"])),
+        ("  saved activations (peak)", _mib(memory["saved_activations"])),
+        ("  sum of the above", _mib(memory["total"])),
+        ("throughput", f"{report['slices_per_second']:.2f} slices/s ({report['slices_seen']} slices)"),
+        ("wall time", f"{report['wall_seconds']:.1f} s for steps {report['first_step'] + 1}..{report['steps']}"),
+        ("final loss", f"{report['final_loss']:.4f}"),
+    ]
+    if report["validation_dice"]:
+        dice = [f"{d:.3f}" for d in report["validation_dice"]]
+        shown = dice if len(dice) <= 6 else [dice[0], "…", *dice[-4:]]
+        rows.append(("validation mean Dice", " → ".join(shown) + f" ({len(dice)} evaluations)"))
+    rows.append(("run folder", str(run_dir)))
+    for what, value in rows:
+        table.add_row(what, value)
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:,.1f} MiB"

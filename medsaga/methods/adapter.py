@@ -1,0 +1,139 @@
+"""``adapter``: a convolutional adapter in parallel with SAM's frozen image encoder (the seed paper).
+
+A small CNN (:class:`~medsaga.methods.adapter_net.ConvAdapter`) reads the input image and its
+FFT high-pass component and produces a ``(B, 256, S/16, S/16)`` map that is added, scaled, to
+the frozen ViT's image embedding: ``embedding + scale * tanh(adapter(x))``. The adapter and the
+mask decoder train; the ViT and the prompt encoder stay frozen. Because the adapter sits *beside*
+the ViT rather than inside it, no gradient has to flow through the ViT: its activations are never
+stored, which is what makes the method as light as decoder-only tuning plus a small CNN.
+
+How it fits the method interface (one choice, and why):
+
+* :meth:`AdapterMethod.prepare` replaces ``sam.image_encoder`` with a
+  :class:`~medsaga.methods.adapter_net.ParallelAdaptedEncoder` whose forward runs the original
+  ViT under ``torch.no_grad()`` and the adapter with gradients. The ViT's parameters therefore
+  move to ``sam.image_encoder.vit.*`` after ``prepare``, the adapter's live in
+  ``sam.image_encoder.adapter.*``; ``prepare`` builds the same names every time.
+* ``encoder_frozen`` is therefore **False**: the loop simply calls ``model(images)`` and needs no
+  branch on the method. If it were True, the loop would run the adapter under ``no_grad`` and it
+  would never learn. The memory guarantee does not depend on the loop: the no-grad region lives
+  inside the encoder itself. The flip side: "the encoder's outputs can be cached" does not apply,
+  since the adapter's term depends on the image and changes every step (only the ViT's half could
+  be cached, which the interface does not express).
+* The adapter reads the *normalised* SAM input, because that is what the image encoder is handed
+  (the reference divides each raw channel by its maximum instead). Its high-pass component is the
+  [0, 1] image's high-pass times ``255 / pixel_std``: the mean is a DC term and is filtered out.
+* BatchNorm running statistics are trained state: :meth:`trained_state` saves them (and
+  ``num_batches_tracked``) beside the trainable parameters. ``SamSegmenter.train()/.eval()``
+  reaches the adapter: batch statistics (and running-stat updates) in train mode, the running
+  statistics in eval mode. Anything that runs the model in train mode, even under ``no_grad``,
+  updates them.
+
+Reference: Kyyle2114/Convolutional-Adapter-for-Segment-Anything (written anew from its description).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medsaga.methods.adapter_net import ConvAdapter, ParallelAdaptedEncoder
+from medsaga.methods.base import MethodOptions, TuningMethod, freeze, image_encoder, unfreeze_mask_decoder
+from medsaga.methods.registry import register
+from medsaga.model.build import PATCH_SIZE
+
+
+@dataclass(frozen=True)
+class AdapterOptions(MethodOptions):
+    """The convolutional adapter's options.
+
+    Attributes:
+        width: channels of the adapter's convolutions (256 as the reference: then no output
+            projection; any other width adds a 1 × 1 convolution to the embedding's 256 channels).
+        num_blocks: residual blocks (3x3 dilated conv, BatchNorm, LeakyReLU, 2x average pooling);
+            each block's output is pooled onto the embedding grid and the results summed.
+        tau: side of the zeroed low-frequency square of the FFT high-pass input, as a fraction of
+            the image side (0 feeds the image itself instead of its high-pass component).
+        scale: weight of the adapter's tanh output added to the frozen ViT's embedding.
+        downsample: the adapter reads the image average-pooled by this factor (2: the reference's
+            512-pixel adapter input beside the 1024-pixel ViT); ``downsample * 2**num_blocks``
+            must divide 16 so that every block's output pools evenly onto the S/16 grid.
+    """
+
+    width: int = 256
+    num_blocks: int = 3
+    tau: float = 0.25
+    scale: float = 0.1
+    downsample: int = 2
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.num_blocks < 1 or self.downsample < 1:
+            raise ValueError("width, num_blocks and downsample must be positive")
+        if PATCH_SIZE % (self.downsample * 2 ** self.num_blocks):
+            raise ValueError(f"downsample * 2**num_blocks must divide {PATCH_SIZE}, got "
+                             f"{self.downsample} * 2**{self.num_blocks}")
+        if not 0 <= self.tau < 1:
+            raise ValueError(f"tau must be in [0, 1), got {self.tau}")
+        if not 0 <= self.scale < float("inf"):
+            raise ValueError(f"scale must be a finite non-negative number, got {self.scale}")
+
+
+@register
+class AdapterMethod(TuningMethod):
+    """Convolutional adapter beside the frozen ViT, mask decoder fully tuned.
+
+    Default lr 2e-4: the reference code's AdamW learning rate (``run_cad.sh``: ``--lr 2e-4``, batch 4,
+    cosine annealing), used there for the adapter and the mask decoder together, as here.
+    """
+
+    name = "adapter"
+    options_type = AdapterOptions
+    default_lr = 2e-4
+    encoder_frozen = False  # the adapter needs gradients; the ViT's no_grad is inside the encoder
+
+    def prepare(self, model: nn.Module) -> None:
+        freeze(model)
+        vit = image_encoder(model)
+        if isinstance(vit, ParallelAdaptedEncoder):
+            raise ValueError("this model already has a convolutional adapter")
+        options: AdapterOptions = self.options  # type: ignore[assignment]
+        reference = next(vit.parameters())
+        # Built on the encoder's device ("meta" included, so counting vit_b allocates nothing).
+        with torch.device(reference.device):
+            adapter = ConvAdapter(width=options.width, num_blocks=options.num_blocks, tau=options.tau,
+                                  downsample=options.downsample)
+        adapter.to(dtype=reference.dtype)
+        adapter.train(vit.training)
+        model.sam.image_encoder = ParallelAdaptedEncoder(vit, adapter, options.scale)
+        unfreeze_mask_decoder(model)
+
+    def trained_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Trainable parameters plus the adapter's BatchNorm buffers (running mean/var, batch count)."""
+        state = super().trained_state(model)
+        state.update({name: buffer.detach().cpu().contiguous() for name, buffer in _adapter_buffers(model).items()})
+        return state
+
+    def load_trained_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        expected = self.trained_state(model)
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{self.name} state does not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        targets = {**dict(model.named_parameters()), **_adapter_buffers(model)}
+        with torch.no_grad():
+            for name, value in state.items():
+                target = targets[name]
+                if target.shape != value.shape:
+                    raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model {tuple(target.shape)}")
+                target.copy_(value.to(dtype=target.dtype))
+
+
+def _adapter_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's persistent buffers (BatchNorm statistics) by their name in ``model``."""
+    encoder = image_encoder(model)
+    if not isinstance(encoder, ParallelAdaptedEncoder):
+        raise ValueError("the model has no convolutional adapter: call prepare first")
+    prefix = next(name for name, module in model.named_modules() if module is encoder.adapter)
+    return {f"{prefix}.{name}": buffer for name, buffer in encoder.adapter.named_buffers()}

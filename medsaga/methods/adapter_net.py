@@ -1,0 +1,128 @@
+"""The convolutional adapter and the encoder that runs it in parallel with SAM's frozen ViT.
+
+Three pieces, each with one job:
+
+* :func:`high_pass`: an ideal FFT high-pass filter (the edges and textures of an image).
+* :class:`ConvAdapter`: a small CNN, image ``(B, 3, S, S)`` → ``(B, 256, S/16, S/16)`` in (-1, 1),
+  the shape of SAM's image embedding.
+* :class:`ParallelAdaptedEncoder`: takes the place of ``sam.image_encoder``; runs the ViT under
+  ``torch.no_grad()`` and adds ``scale * adapter(x)`` to its embedding. The ViT therefore never
+  records an autograd graph (no activations kept for backward, no gradients), whatever the caller's
+  grad mode and whatever ``requires_grad`` its parameters carry; only the adapter and what comes
+  after it (the mask decoder) are differentiated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medsaga.model.build import PATCH_SIZE, PROMPT_EMBED_DIM
+
+
+def high_pass(images: torch.Tensor, tau: float) -> torch.Tensor:
+    """Ideal high-pass: ``(B, C, H, W)`` → ``(B, C, H, W)`` real, without the low frequencies.
+
+    Per channel: 2-D FFT, zero the centred (after ``fftshift``) square of low frequencies whose side
+    is about ``tau`` times the image side (``2 * round(tau * n / 2)`` per axis, at least 2, so the
+    DC term is always removed when ``tau > 0``), inverse FFT, real part. ``tau = 0`` returns the
+    images unchanged. A constant image maps to ~0; a pixel checkerboard (the Nyquist frequency)
+    passes unchanged.
+    """
+    if tau <= 0:
+        return images
+    height, width = images.shape[-2:]
+    # FFT in float32 at least: half-precision FFTs are restricted to power-of-two sizes on GPUs.
+    spectrum = torch.fft.fftshift(torch.fft.fft2(images.float()), dim=(-2, -1))
+    keep = torch.ones(height, width, device=images.device)
+    half_h, half_w = max(1, round(tau * height / 2)), max(1, round(tau * width / 2))
+    # fftshift puts the zero frequency at index n // 2 of each axis.
+    keep[height // 2 - half_h:height // 2 + half_h, width // 2 - half_w:width // 2 + half_w] = 0
+    filtered = torch.fft.ifft2(torch.fft.ifftshift(spectrum * keep, dim=(-2, -1)))
+    return filtered.real.to(images.dtype)
+
+
+class ConvBlock(nn.Module):
+    """Residual block at constant width, then halved resolution: ``(B, W, h, w)`` → ``(B, W, h/2, w/2)``.
+
+    ``x + LeakyReLU_0.1(BN(conv3x3_dilation2(x)))``, then 2 × 2 average pooling. The dilation
+    widens the receptive field at no extra cost.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        # No bias: BatchNorm right after subtracts any constant per channel anyway.
+        self.conv = nn.Conv2d(width, width, kernel_size=3, padding=2, dilation=2, bias=False)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place: BatchNorm's backward needs its input, not its output, so the LeakyReLU may
+        # overwrite the output and the block keeps one activation less for backward.
+        residual = F.leaky_relu(self.norm(self.conv(x)), negative_slope=0.1, inplace=True)
+        return F.avg_pool2d(x + residual, kernel_size=2)
+
+
+class ConvAdapter(nn.Module):
+    """Image ``(B, 3, S, S)`` → additive embedding correction ``(B, 256, S/16, S/16)`` in (-1, 1).
+
+    1. Average-pool the image by ``downsample`` (2: the adapter sees a 512-pixel image beside the
+       1024-pixel ViT, as in the reference code) and append its :func:`high_pass` → 6 channels.
+    2. 1 × 1 convolution to ``width`` channels, then ``num_blocks`` residual :class:`ConvBlock` layers,
+       each halving the resolution.
+    3. Each block's output average-pooled to the embedding grid ``S/16``; their sum, projected to
+       256 channels by a 1 × 1 convolution only when ``width != 256``; tanh.
+
+    With the defaults the blocks run at S/4, S/8 and S/16, so the last one lands on the grid.
+    """
+
+    def __init__(self, *, width: int = 256, num_blocks: int = 3, tau: float = 0.25, downsample: int = 2,
+                 out_channels: int = PROMPT_EMBED_DIM) -> None:
+        super().__init__()
+        self.tau = tau
+        self.downsample = downsample
+        self.lift = nn.Conv2d(6, width, kernel_size=1)
+        self.blocks = nn.ModuleList(ConvBlock(width) for _ in range(num_blocks))
+        self.project = nn.Conv2d(width, out_channels, kernel_size=1) if width != out_channels else nn.Identity()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = images.shape[-2:]
+        if size[0] % PATCH_SIZE or size[1] % PATCH_SIZE:
+            raise ValueError(f"image sides must be multiples of {PATCH_SIZE}, got {tuple(size)}")
+        grid = (size[0] // PATCH_SIZE, size[1] // PATCH_SIZE)
+        x = F.avg_pool2d(images, self.downsample) if self.downsample > 1 else images
+        x = self.lift(torch.cat([x, high_pass(x, self.tau)], dim=1))
+        pooled = []
+        for block in self.blocks:
+            x = block(x)
+            pooled.append(F.adaptive_avg_pool2d(x, grid))  # integer ratios: plain average pooling
+        return torch.tanh(self.project(sum(pooled)))
+
+
+class ParallelAdaptedEncoder(nn.Module):
+    """``sam.image_encoder`` replaced: frozen ViT (no graph) + ``scale`` × :class:`ConvAdapter`.
+
+    Input ``(B, 3, S, S)`` is what SAM's image encoder receives: the *normalised* image
+    (:meth:`~medsaga.model.segmenter.SamSegmenter.normalize`), which the adapter reads too.
+    Output ``(B, 256, S/16, S/16)``: ``vit(x) + scale * adapter(x)``.
+    """
+
+    def __init__(self, vit: nn.Module, adapter: ConvAdapter, scale: float) -> None:
+        super().__init__()
+        self.vit = vit
+        self.adapter = adapter
+        self.scale = scale
+        # SamSegmenter.image_size (and SAM's own code) read img_size off the image encoder.
+        self.img_size: int = vit.img_size
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The ViT's blocks, for tools that walk ``image_encoder.blocks`` (activation checkpointing
+        wraps them: a no-op here, as the ViT keeps no activations)."""
+        return self.vit.blocks  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The whole point of the method: the ViT's activations are never saved for backward.
+        with torch.no_grad():
+            embedding = self.vit(x)
+        return embedding + self.scale * self.adapter(x)

@@ -1,0 +1,1 @@
+"""Few-shot fine-tuning: case selection, training slices, augmentation, the loop, its report."""

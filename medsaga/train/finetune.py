@@ -1,0 +1,291 @@
+"""``medsaga finetune`` as a library call: options in, a run folder and its report out.
+
+Order matters for the user: every check that can fail on bad input (options, device, dataset
+layout, shots, labels, the checkpoint's kind) runs before the long work (reading every case,
+building the model, training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from medsaga import __version__
+from medsaga.data.dataset import Dataset, discover_dataset
+from medsaga.data.slices import MODES
+from medsaga.data.slicing import check_plane
+from medsaga.errors import InputError
+from medsaga.io.atomic import atomic_output
+from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
+from medsaga.model.build import check_image_size, encoder_spec
+from medsaga.train.augment import AugmentSettings, Augmenter
+from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
+from medsaga.train.loop import LoopSettings, TrainingObserver, TrainResult, train
+from medsaga.train.shots import CaseSplit, choose_cases
+from medsaga.train.validation import SliceDiceValidator
+
+CONFIG_FILE = "config.json"
+REPORT_FILE = "report.json"
+DEFAULT_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Everything ``medsaga finetune`` takes (see ``medsaga finetune --help``)."""
+
+    data_dir: Path
+    out: Path
+    shots: int = 5
+    cases: tuple[str, ...] = ()
+    val: int = 0
+    method: str = "galore"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    model: str | None = None
+    image_size: int = 512
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    activation_checkpointing: bool = False
+    plane: str = "axial"
+    slice_mode: str | None = None
+    intensity: str | None = None
+    empty_ratio: float = 0.25
+    augment: bool = True
+    checkpoint_every: int = 100
+    force: bool = False
+
+
+class FinetuneReporter(TrainingObserver, Protocol):
+    """What the command shows besides the training progress."""
+
+    def info(self, message: str) -> None: ...
+
+    def on_case_loaded(self, case_id: str, done: int, total: int) -> None: ...
+
+
+@dataclass
+class FinetuneOutcome:
+    run_dir: Path
+    method: TuningMethod
+    split: CaseSplit
+    result: TrainResult
+    report: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without CUDA is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: this machine has no usable CUDA device (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` → bf16 autocast on a CUDA device that supports it, else fp32 (CPU bf16 is slower)."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise InputError(f"--precision must be auto, fp32 or bf16, got {name!r}")
+    return name
+
+
+def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False) -> FinetuneOutcome:
+    """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
+    # --- checks that need no heavy work ---------------------------------------------------------
+    check_image_size(options.image_size)
+    check_plane(options.plane)
+    if options.slice_mode is not None and options.slice_mode not in MODES:
+        raise InputError(f"--slice-mode must be one of {', '.join(MODES)}, got {options.slice_mode!r}")
+    for name, value in (("--batch-size", options.batch_size), ("--grad-accum", options.grad_accum)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if options.epochs is not None and options.steps is not None:
+        raise InputError("give --epochs or --steps, not both")
+    for name, count in (("--epochs", options.epochs), ("--steps", options.steps)):
+        if count is not None and count < 1:
+            raise InputError(f"{name} must be at least 1, got {count}")
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    method = create_method(options.method, options.method_options)
+    dataset = discover_dataset(options.data_dir)
+    mapping = label_mapping(dataset)
+    split = choose_cases(dataset, options.shots, options.seed, cases=options.cases, val=options.val)
+    if options.checkpoint is None and options.model is None:
+        raise InputError("give --checkpoint PATH (official SAM/MedSAM weights) or --model (e.g. tiny, random weights)")
+    model_type = options.model
+    if options.model is not None:
+        encoder_spec(options.model)
+    if not resume:
+        _check_run_dir(options.out, options.force, dataset)
+
+    # --- the model (reads the checkpoint: a clear error if it is the wrong kind) ---------------
+    torch.manual_seed(options.seed)
+    model, model_type, checkpoint_info = _build_model(options, model_type, mapping.num_classes)
+    # Counted before the method wraps anything: SAM-PARSER turns the weights it decomposes into
+    # frozen buffers, which would make "trainable of total" compare against a shrunken total.
+    base_parameters = count_parameters(model)[1]
+    method.prepare(model)
+
+    # --- data: every chosen case is read and checked before anything is written ----------------
+    settings = SliceSettings(plane=options.plane,
+                             mode=options.slice_mode or ("repeat" if len(dataset.channel_names) == 1 else "modalities"),
+                             presets=default_presets(dataset, options.intensity), image_size=options.image_size,
+                             empty_ratio=options.empty_ratio)
+    total_cases = len(split.train) + len(split.val)
+    loaded = [0]
+
+    def case_loaded(case_id: str) -> None:
+        loaded[0] += 1
+        reporter.on_case_loaded(case_id, loaded[0], total_cases)
+
+    stacks = load_case_stacks(dataset, split.train, settings, mapping, options.seed, case_loaded)
+    data = TrainingSlices(stacks, options.image_size)
+    validator = None
+    if split.val:
+        val_stacks = load_case_stacks(dataset, split.val, settings, mapping, options.seed, case_loaded)
+        validator = SliceDiceValidator(val_stacks, options.image_size, mapping.num_classes, options.batch_size, device)
+
+    reporter.info(f"shots ({len(split.train)}): {', '.join(split.train)}"
+                  + (f"; validation ({len(split.val)}): {', '.join(split.val)}" if split.val else ""))
+    if options.checkpoint is None:
+        reporter.info(f"model {model_type} with random weights (no --checkpoint): fine for tests and "
+                      "benchmarks, not for real segmentation")
+    if not resume:
+        _prepare_run_dir(options.out)
+
+    slices_per_step = options.batch_size * options.grad_accum
+    steps = options.steps if options.steps is not None else math.ceil(
+        (options.epochs or DEFAULT_EPOCHS) * len(data) / slices_per_step)
+    loop = LoopSettings(steps=steps, batch_size=options.batch_size, grad_accum=options.grad_accum,
+                        lr=options.lr if options.lr is not None else method.default_lr,
+                        weight_decay=options.weight_decay if options.weight_decay is not None
+                        else method.default_weight_decay,
+                        warmup_steps=int(round(options.warmup_fraction * steps)), seed=options.seed,
+                        precision=precision, activation_checkpointing=options.activation_checkpointing,
+                        checkpoint_every=options.checkpoint_every)
+    augment = AugmentSettings(enabled=options.augment)
+    config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
+                     checkpoint_info, device, len(data))
+    if not resume:
+        _write_json(options.out / CONFIG_FILE, config)
+    reporter.info(f"{len(data)} training slices, {steps} steps of {slices_per_step} slices "
+                  f"({steps * slices_per_step / len(data):.1f} epochs), {method.name}, {device.type}, {precision}")
+
+    # --- train ------------------------------------------------------------------------------------
+    result = train(model, method, data, loop, options.out, reporter, Augmenter(augment, options.seed),
+                   device=device, resume=resume, validator=validator)
+    result.total_parameters = base_parameters
+    save_trained(method, model.cpu(), options.out)
+    report = {"medsaga_version": __version__, "method": method.name, "device": str(device),
+              "precision": precision, "model_type": model_type, "image_size": options.image_size,
+              "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json()}
+    _write_json(options.out / REPORT_FILE, report)
+    return FinetuneOutcome(options.out, method, split, result, report)
+
+
+def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
+    """The options a run was started with (its config.json), for ``--resume``."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise InputError("not a medsaga run folder (no config.json)", run_dir)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["options"]
+        options = FinetuneOptions(**{**recorded, "data_dir": Path(recorded["data_dir"]), "out": run_dir,
+                                     "checkpoint": Path(recorded["checkpoint"]) if recorded["checkpoint"] else None,
+                                     "cases": tuple(recorded["cases"])})
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"cannot read the run's options ({error})", path) from None
+    return replace(options, **overrides)
+
+
+def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: int):
+    from medsaga.model.build import build_sam
+    from medsaga.model.checkpoint import build_sam_from_checkpoint
+    from medsaga.model.segmenter import SamSegmenter
+    from medsaga.model.weights import file_digests
+
+    if options.checkpoint is None:
+        assert model_type is not None
+        return SamSegmenter(build_sam(model_type, num_classes=num_classes, image_size=options.image_size)), \
+            model_type, None
+    sam, load_report = build_sam_from_checkpoint(options.checkpoint, num_classes=num_classes,
+                                                 image_size=options.image_size, model_type=model_type)
+    digests = file_digests(options.checkpoint)
+    detected = load_report.model_type
+    info = {"path": str(Path(options.checkpoint).resolve()), "sha256": digests.sha256,
+            "size_bytes": digests.size_bytes}
+    return SamSegmenter(sam), detected, info
+
+
+def _check_run_dir(out: Path, force: bool, dataset: Dataset) -> None:
+    """Refuse a run folder that must not be (re)used; changes nothing on disk.
+
+    An existing non-empty folder is replaced only with ``force``, and only if it is a medsaga run:
+    never a folder of other files, never one holding the dataset.
+    """
+    resolved, data = out.resolve(), dataset.root.resolve()
+    if resolved == data or data.is_relative_to(resolved):
+        raise InputError("the run folder would contain the dataset; choose another --out", out)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError("exists and is not a folder", out)
+        if any(out.iterdir()):
+            if not force:
+                raise InputError("already exists; pass --force to replace it, or --resume to continue it", out)
+            if not (out / CONFIG_FILE).is_file():
+                raise InputError("is not a medsaga run folder (no config.json): not replacing it, even with --force",
+                                 out)
+
+
+def _prepare_run_dir(out: Path) -> None:
+    """Create the run folder, emptying a previous run there (:func:`_check_run_dir` allowed it)."""
+    if out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, split: CaseSplit,
+            settings: SliceSettings, loop: LoopSettings, augment: AugmentSettings, method: TuningMethod,
+            model_type: str, checkpoint: dict[str, Any] | None, device: torch.device, slices: int) -> dict[str, Any]:
+    """config.json: everything needed to rebuild the model and repeat the slicing."""
+    recorded = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(options).items()}
+    recorded["cases"] = list(options.cases)
+    return {
+        "medsaga_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"type": model_type, "image_size": options.image_size, "num_classes": mapping.num_classes,
+                  "checkpoint": checkpoint},
+        "classes": {"values": list(mapping.values), "names": list(mapping.names)},
+        "dataset": {"root": str(dataset.root.resolve()), "name": dataset.name, "layout": dataset.layout,
+                    "channel_names": list(dataset.channel_names), "train_cases": list(split.train),
+                    "val_cases": list(split.val), "training_slices": slices},
+        "slicing": asdict(settings),
+        "method": {"name": method.name, "options": method.options.to_json()},
+        "training": asdict(loop),
+        "augmentation": asdict(augment),
+        "device": str(device),
+        "options": recorded,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

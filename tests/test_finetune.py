@@ -1,0 +1,156 @@
+"""`medsaga finetune`: the run folder, the report, resume == uninterrupted, and input errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medsaga.errors import InputError
+from medsaga.train.finetune import FinetuneOptions, finetune, options_from_run
+from tests.dataset_factory import make_nnunet
+from tests.test_cli import assert_one_line_error, medsaga
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data"
+
+
+class Interrupt(Exception):
+    pass
+
+
+class QuietReporter:
+    """Records what the loop reports; can stop the run at a given step (as a crash would)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.stop_at = stop_at
+        self.messages: list[str] = []
+        self.losses: list[float] = []
+
+    def info(self, message: str) -> None:
+        self.messages.append(message)
+
+    def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
+        pass
+
+    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
+        self.first_step = first_step
+
+    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
+        if self.stop_at is not None and step == self.stop_at:
+            raise Interrupt(step)
+        self.losses.append(loss)
+
+    def on_validation(self, epoch: int, mean_dice: float) -> None:
+        pass
+
+
+def tiny_options(out: Path, **changes) -> FinetuneOptions:
+    base = dict(data_dir=SAMPLE, out=out, shots=2, model="tiny", image_size=64, steps=6, batch_size=2,
+                checkpoint_every=3, seed=3, method="galore", method_options={"update_proj_gap": 2})
+    return FinetuneOptions(**{**base, **changes})
+
+
+def test_run_folder_holds_what_rebuilds_the_model(tmp_path: Path) -> None:
+    outcome = finetune(tiny_options(tmp_path / "run", val=1), QuietReporter())
+    run = tmp_path / "run"
+    for name in ("config.json", "trained.safetensors", "method.json", "metrics.jsonl", "report.json",
+                 "checkpoint/state.json", "checkpoint/state.safetensors"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == {"type": "tiny", "image_size": 64, "num_classes": 3, "checkpoint": None}
+    assert config["classes"] == {"values": [0, 1, 2, 3], "names": ["background", "liver", "kidney", "spleen"]}
+    assert config["dataset"]["train_cases"] == list(outcome.split.train) and len(outcome.split.train) == 2
+    assert config["slicing"]["presets"] == ["ct-abdomen"] and config["slicing"]["plane"] == "axial"
+    assert config["method"] == json.loads(json.dumps({"name": "galore", "options": outcome.method.options.to_json()}))
+    report = json.loads((run / "report.json").read_text())
+    assert report["steps"] == 6 and report["trainable_parameters"] > 0
+    assert set(report["memory"]) >= {"frozen_parameters", "trainable_parameters", "gradients", "optimizer_state",
+                                     "saved_activations", "total"}
+    assert report["memory"]["saved_activations"] > 0 and report["memory"]["gradients"] > 0
+    assert len(report["validation_dice"]) >= 1
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
+    whole = finetune(tiny_options(tmp_path / "whole"), QuietReporter())
+    with pytest.raises(Interrupt):
+        finetune(tiny_options(tmp_path / "cut"), QuietReporter(stop_at=5))  # dies after the step-3 checkpoint
+    assert not (tmp_path / "cut" / "trained.safetensors").exists()
+    resumed_reporter = QuietReporter()
+    resumed = finetune(options_from_run(tmp_path / "cut"), resumed_reporter, resume=True)
+    assert resumed_reporter.first_step == 3 and resumed.result.first_step == 3
+    expected = load_file(str(tmp_path / "whole" / "trained.safetensors"))
+    actual = load_file(str(tmp_path / "cut" / "trained.safetensors"))
+    assert expected.keys() == actual.keys()
+    for name, value in expected.items():
+        assert torch.equal(value, actual[name]), name
+    whole_metrics = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    cut_metrics = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in cut_metrics] == [m["loss"] for m in whole_metrics]
+    assert whole.result.final_loss == resumed.result.final_loss
+
+
+def test_existing_run_folder_needs_force_and_only_a_run_is_replaced(tmp_path: Path) -> None:
+    finetune(tiny_options(tmp_path / "run", steps=1), QuietReporter())
+    with pytest.raises(InputError, match="already exists; pass --force"):
+        finetune(tiny_options(tmp_path / "run", steps=1), QuietReporter())
+    finetune(tiny_options(tmp_path / "run", steps=1, force=True), QuietReporter())
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a medsaga run folder"):
+        finetune(tiny_options(precious, steps=1, force=True), QuietReporter())
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("method", ["adapter", "parser", "lora", "conv-lora", "decoder", "full"])
+def test_other_methods_run_through_the_same_loop(tmp_path: Path, method: str) -> None:
+    outcome = finetune(tiny_options(tmp_path / method, method=method, method_options={}, steps=2,
+                                    checkpoint_every=0), QuietReporter())
+    assert outcome.report["method"] == method
+    assert outcome.result.memory.optimizer_state > 0
+    assert outcome.report["trainable_parameters"] > 0
+    assert outcome.report["total_parameters"] == 4_981_200  # the tiny SAM with 3 classes, before wrapping
+
+
+def test_cli_finetune_end_to_end(tmp_path: Path) -> None:
+    result = medsaga("finetune", SAMPLE, "--shots", "1", "--model", "tiny", "--image-size", "64", "--steps", "2",
+                     "--batch-size", "2", "--out", tmp_path / "run", "-o", "rank=4")
+    assert result.returncode == 0, result.stderr
+    assert "shots (1):" in result.stderr
+    for field in ("peak memory", "optimizer state", "saved activations", "slices/s", "trainable; SAM has"):
+        assert field in result.stdout, field
+    assert json.loads((tmp_path / "run" / "method.json").read_text())["options"]["rank"] == 4
+
+
+def _cli_error(tmp_path: Path, *args: str | Path) -> str:
+    result = medsaga("finetune", *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_cli_errors_are_one_line_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ("--model", "tiny", "--out", out)
+    assert "--shots 9 is more than the 8 labelled cases" in _cli_error(tmp_path, SAMPLE, "--shots", "9", *common)
+    assert "not a positive multiple of 16" in _cli_error(tmp_path, SAMPLE, "--image-size", "250", *common)
+    unlabelled = make_nnunet(tmp_path / "unlabelled", n_cases=2)
+    shutil.rmtree(unlabelled / "labelsTr")
+    assert "no label maps" in _cli_error(tmp_path, unlabelled, "--shots", "1", *common)
+    undeclared = make_nnunet(tmp_path / "undeclared", n_cases=1, labels={"background": 0, "organ": 1})
+    assert "label values [2] are not declared" in _cli_error(tmp_path, undeclared, "--shots", "1", *common)
+    fake = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save({"encoder.weight": torch.zeros(3)}, fake)
+    line = _cli_error(tmp_path, SAMPLE, "--shots", "1", "--checkpoint", fake, "--out", out)
+    assert str(fake) in line
+    if not torch.cuda.is_available():
+        assert "no usable CUDA device" in _cli_error(tmp_path, SAMPLE, "--device", "cuda", *common)
+    assert not out.exists()  # nothing was started
