@@ -212,7 +212,9 @@ def reconstructed_layers(model: nn.Module) -> list[ReconstructedWeight]:
 
 @register
 class ParserMethod(TuningMethod):
-    """SAM-PARSER. Default lr 1e-4, with no weight decay on ``S``.
+    """SAM-PARSER: only the singular values of the encoder weights train; the decoder fully.
+
+    Default lr 1e-4, with no weight decay on ``S``.
 
     The released SAM-PARSER code (SJTU-DeepVisionLab/SAM-PARSER, ``Medical/train.py``) uses Adam at
     1.25e-6 without weight decay, batch 1, box prompts and SAM's pretrained single-mask head. Our
