@@ -109,25 +109,9 @@ class AdapterMethod(TuningMethod):
         model.sam.image_encoder = ParallelAdaptedEncoder(vit, adapter, options.scale)
         unfreeze_mask_decoder(model)
 
-    def trained_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Trainable parameters plus the adapter's BatchNorm buffers (running mean/var, batch count)."""
-        state = super().trained_state(model)
-        state.update({name: buffer.detach().cpu().contiguous() for name, buffer in _adapter_buffers(model).items()})
-        return state
-
-    def load_trained_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        expected = self.trained_state(model)
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{self.name} state does not fit the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-        targets = {**dict(model.named_parameters()), **_adapter_buffers(model)}
-        with torch.no_grad():
-            for name, value in state.items():
-                target = targets[name]
-                if target.shape != value.shape:
-                    raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model {tuple(target.shape)}")
-                target.copy_(value.to(dtype=target.dtype))
+    def trained_buffers(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The adapter's BatchNorm buffers (running mean/var, batch count)."""
+        return _adapter_buffers(model)
 
 
 def _adapter_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

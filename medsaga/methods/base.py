@@ -71,13 +71,17 @@ class TuningMethod(ABC):
         """An extra loss term from the last forward pass, added to the task loss; ``None`` if none."""
         return None
 
-    def trained_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Exactly what this method trained, by parameter name (detached, contiguous, on CPU).
+    def trained_buffers(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Buffers that training changes and that must be saved (e.g. BatchNorm statistics), by
+        their name in ``model``. Default: none."""
+        return {}
 
-        Default: every parameter with ``requires_grad`` after :meth:`prepare`.
-        """
-        return {name: parameter.detach().cpu().contiguous()
-                for name, parameter in model.named_parameters() if parameter.requires_grad}
+    def trained_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Exactly what this method trained, by name (detached, contiguous, on CPU): every
+        parameter with ``requires_grad`` after :meth:`prepare`, and :meth:`trained_buffers`."""
+        state = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+        state.update(self.trained_buffers(model))
+        return {name: value.detach().cpu().contiguous() for name, value in state.items()}
 
     def load_trained_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Put a :meth:`trained_state` back into a prepared ``model``; names must match exactly."""
@@ -86,10 +90,10 @@ class TuningMethod(ABC):
         if missing or unexpected:
             raise ValueError(f"{self.name} state does not fit the model: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
-        tensors = dict(model.named_parameters())
+        targets = {**dict(model.named_parameters()), **self.trained_buffers(model)}
         with torch.no_grad():
             for name, value in state.items():
-                target = tensors[name]
+                target = targets[name]
                 if target.shape != value.shape:
                     raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model {tuple(target.shape)}")
                 target.copy_(value.to(dtype=target.dtype))
