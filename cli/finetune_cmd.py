@@ -158,7 +158,7 @@ class _Reporter:
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.progress = None
         self.task = None
         self.reading = None
@@ -172,7 +172,8 @@ class _Reporter:
 
         if self.reading is None:
             self.reading = Progress(TextColumn("reading and checking cases"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.description}"), console=self.console, transient=True)
+                                    TextColumn("{task.description}"), console=self.console, transient=True,
+                                    disable=not self.console.is_terminal)
             self.reading.start()
             self.reading_task = self.reading.add_task("", total=total)
         self.reading.update(self.reading_task, completed=done, description=case_id)
@@ -193,7 +194,8 @@ class _Reporter:
         self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  "
                                             "{task.fields[speed]} slices/s"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                                 disable=not self.console.is_terminal)
         self.progress.start()
         self.task = self.progress.add_task("train", total=total_steps, completed=first_step, epoch=1, loss="-",
                                            lr="-", speed="-")
@@ -201,9 +203,14 @@ class _Reporter:
     def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
         assert self.progress is not None and self.task is not None
         epoch = int((step - 1) // self.steps_per_epoch) + 1
+        total = self.progress.tasks[0].total or step
         self.progress.update(self.task, completed=step, epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                              speed=f"{slices_per_second:.1f}")
-        if step == self.progress.tasks[0].total:
+        if not self.console.is_terminal and (step == total or step % max(1, round(total / 10)) == 0):
+            # A log file gets a line every tenth of the run instead of a live bar.
+            self.console.print(f"step {step}/{total:.0f} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
+                               f"{slices_per_second:.1f} slices/s", markup=False)
+        if step == total:
             self.progress.stop()
 
     def on_validation(self, epoch: int, mean_dice: float) -> None:

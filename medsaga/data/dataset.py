@@ -112,7 +112,7 @@ def _discover_nnunet(root: Path) -> Dataset:
         raise InputError("imagesTr/ found but dataset.json is missing (it declares channels and labels)", json_path)
     spec = _read_json(json_path)
     channel_names = _channel_names(spec, json_path)
-    labels = _labels(spec, json_path)
+    labels = parse_labels(spec, json_path)
     file_ending = spec.get("file_ending", ".nii.gz")
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
         raise InputError(f"file_ending must be a string like '.nii.gz', found {file_ending!r}", json_path)
@@ -169,7 +169,7 @@ def _discover_pairs(root: Path) -> Dataset:
     if len(channel_names) != 1:
         raise InputError("plain image/label pairs hold one channel per case; use the nnU-Net layout "
                          "(imagesTr/CASE_0000, CASE_0001, ...) for several", json_path)
-    labels = _labels(spec, json_path) if spec.get("labels") is not None else None
+    labels = parse_labels(spec, json_path) if spec.get("labels") is not None else None
     file_ending = endings.pop() if len(endings) == 1 else "mixed"
     name = str(spec.get("name") or root.name)
     return Dataset(root, "pairs", name, channel_names, labels, file_ending, tuple(cases))
@@ -218,7 +218,7 @@ def _channel_names(spec: dict[str, Any], path: Path) -> tuple[str, ...]:
     return tuple(indexed[i] for i in range(len(indexed)))
 
 
-def _labels(spec: dict[str, Any], path: Path) -> dict[str, int]:
+def parse_labels(spec: dict[str, Any], path: Path) -> dict[str, int]:
     """Class name → value. v2 writes ``{"liver": 1}``; MSD/v1 writes ``{"1": "liver"}``.
 
     nnU-Net region labels (``{"tumor": [2, 3]}``) declare every value in their list.

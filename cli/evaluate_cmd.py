@@ -1,0 +1,318 @@
+"""``medsaga evaluate PRED GT``: Dice, HD95 and NSD in mm per case and class, a table, CSV/JSON, overlays."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from medsaga.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+    from rich.table import Table
+
+    from medsaga.evaluate import EvalClass, Evaluation, Matching
+
+OVERLAY_FOLDER = "overlays"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+
+
+def evaluate(
+    prediction: Path = typer.Argument(..., help="Predicted label map, or a folder of them (CASE.nii.gz, ...)."),
+    ground_truth: Path = typer.Argument(..., help="Reference label map, or a folder of them, or a dataset "
+                                                  "(nnU-Net root: its labelsTr/; plain pairs: labels/ or CASE_seg)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Classes and their names: a dataset.json, or a "
+                                                              "RUN_DIR (its config.json). Default: the reference "
+                                                              "dataset's dataset.json, else the values found."),
+    tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for metrics.csv, metrics.json and overlays/."),
+    overlay: bool = typer.Option(False, "--overlay", help="Write PNG overlays of a few axial slices per case "
+                                                          "into OUT/overlays/ (needs --images and --out)."),
+    images: Path | None = typer.Option(None, "--images", help="The images, for --overlay: a file, or a folder "
+                                                              "matched by case id (CASE or CASE_0000)."),
+    intensity: str | None = typer.Option(None, "--intensity", help="Overlay window: ct-abdomen, ct-soft-tissue, "
+                                                                   "ct-bone, ct-lung, mr (default: from the "
+                                                                   "dataset's channel name, else percentiles)."),
+    slices: int = typer.Option(3, "--slices", help="Axial slices per overlay picture."),
+    per_case: bool = typer.Option(True, "--per-case/--no-per-case", help="Print the per-case table, not only "
+                                                                         "the means."),
+    strict: bool = typer.Option(False, "--strict", help="Every ground-truth case must have a prediction."),
+    force: bool = typer.Option(False, "--force", help="Replace metrics and overlays already in --out."),
+) -> None:
+    """Compare predicted label maps with reference label maps.
+
+    For each case and class: Dice, HD95 (mm) and normalised surface Dice (NSD) at --tolerance
+    mm, using the voxel spacing. Folders are matched by case id; cases found on one side only
+    are listed on stderr and left out. A prediction on another grid than its reference is an
+    error (nothing is resampled).
+
+    Empty masks: both empty → Dice 1, HD95 0, NSD 1 ('both empty'); reference empty, prediction
+    not → Dice 0, NSD 0, HD95 undefined ('false positive'); prediction empty → Dice 0, NSD 0,
+    HD95 undefined ('missed'). Means per class: Dice and NSD over the cases whose reference
+    holds the class, HD95 over the cases where both do; the rest are counted.
+    """
+    from medsaga.evaluate import evaluate as run_evaluation, match_cases, match_images
+
+    _check_options(tolerance, overlay, images, out, slices)
+    matching = match_cases(prediction, ground_truth)
+    image_paths, image_json = match_images(images, matching.pairs) if overlay and images is not None else ({}, None)
+    preset = _overlay_preset(intensity, [image_json, labels, matching.dataset_json]) if overlay else None
+    outputs = _planned_outputs(out, [p.case_id for p in matching.pairs] if overlay else [])
+    _check_outputs(outputs, force, [prediction, ground_truth, labels, images])
+    if strict and matching.references_without_prediction:
+        missing = matching.references_without_prediction
+        raise InputError(f"--strict: {len(missing)} ground-truth case(s) have no prediction: {_some(missing)}",
+                         prediction)
+    errors = _stderr()
+
+    on_case = None
+    if overlay:
+        assert out is not None
+        on_case = _overlay_writer(out / OVERLAY_FOLDER, image_paths, preset, slices, matching)
+    # Unmatched cases are listed once every pair is checked: before the long part, yet after any
+    # input error, which then stays the only line on stderr.
+    with _progress(lambda console: _report_unmatched(matching, prediction, ground_truth, console)) as progress:
+        evaluation = run_evaluation(prediction, ground_truth, labels=labels, tolerance_mm=tolerance,
+                                    images=image_paths or None, progress=progress, on_case=on_case)
+
+    console = _stdout_console()
+    if per_case:
+        console.print(_case_table(evaluation))
+    console.print(_mean_table(evaluation))
+    if out is not None:
+        from medsaga.evaluate.outputs import write_outputs
+
+        extra = {"overlays": _legend(evaluation)} if overlay else None
+        csv_path, json_path = write_outputs(out, evaluation, prediction, ground_truth, extra)
+        errors.print(f"wrote {csv_path} and {json_path}", markup=False)
+        if overlay:
+            errors.print(f"wrote {len(evaluation.cases)} overlay(s) to {out / OVERLAY_FOLDER}: fill = prediction, "
+                         f"outline = ground truth; {_legend(evaluation, 12)['colours']}", markup=False)
+
+
+def _check_options(tolerance: float, overlay: bool, images: Path | None, out: Path | None, slices: int) -> None:
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise InputError(f"--tolerance must be a number of mm >= 0, got {tolerance}")
+    if overlay and images is None:
+        raise InputError("--overlay needs --images (the scans to draw the labels on)")
+    if overlay and out is None:
+        raise InputError("--overlay needs --out (overlays are written to OUT/overlays/)")
+    if images is not None and not overlay:
+        raise InputError("--images is only used for overlays; add --overlay")
+    if slices < 1:
+        raise InputError(f"--slices must be at least 1, got {slices}")
+
+
+def _report_unmatched(matching: "Matching", prediction: Path, ground_truth: Path, errors: "Console") -> None:
+    """Cases found on one side only, one warning line per side on stderr."""
+    for ids, what in ((matching.references_without_prediction, f"ground-truth case(s) without a prediction in "
+                                                               f"{prediction}"),
+                      (matching.predictions_without_reference, f"prediction(s) without ground truth in "
+                                                               f"{ground_truth}")):
+        if ids:
+            errors.print(f"warning: {len(ids)} {what}, not evaluated: {_some(ids)}", markup=False)
+
+
+def _overlay_preset(explicit: str | None, candidates: list[Path | None]) -> str | None:
+    """The intensity preset for overlays: --intensity, else from the first channel name found in
+    ``candidates`` (dataset.json files, a RUN_DIR or its config.json); ``None`` when neither
+    decides (then each image's DICOM modality does, else per-volume percentiles)."""
+    from medsaga.data.intensity import choose_preset
+
+    if explicit is not None:
+        return choose_preset(None, explicit).name  # validates the name before any work
+    channel = next((name for name in map(_channel_name, candidates) if name is not None), None)
+    return choose_preset(channel).name if channel is not None else None
+
+
+def _channel_name(path: Path | None) -> str | None:
+    """Channel 0's name in a dataset.json (``channel_names``/``modality``) or a run's config.json."""
+    import json
+
+    if path is not None and path.is_dir():
+        path = next((path / n for n in ("config.json", "dataset.json") if (path / n).is_file()), None)
+    if path is None or not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # only a picture's window depends on it: fall back to percentiles
+    if not isinstance(spec, dict):
+        return None
+    run_dataset = spec.get("dataset")  # a run's config.json: "dataset": {"channel_names": ["CT"]}
+    names = spec.get("channel_names") or spec.get("modality") or \
+        (run_dataset.get("channel_names") if isinstance(run_dataset, dict) else None)
+    if isinstance(names, dict) and "0" in names:
+        return str(names["0"])
+    if isinstance(names, list) and names:
+        return str(names[0])
+    return None
+
+
+def _planned_outputs(out: Path | None, overlay_cases: list[str]) -> list[Path]:
+    if out is None:
+        return []
+    from medsaga.evaluate.outputs import CSV_NAME, JSON_NAME
+
+    return [out / CSV_NAME, out / JSON_NAME] + [out / OVERLAY_FOLDER / f"{case}.png" for case in overlay_cases]
+
+
+def _check_outputs(outputs: list[Path], force: bool, inputs: list[Path | None]) -> None:
+    """Before any work: never an input as an output; existing outputs only with --force."""
+    if outputs and outputs[0].parent.exists() and not outputs[0].parent.is_dir():
+        raise InputError("--out exists and is not a folder", outputs[0].parent)
+    given = {path.resolve() for path in inputs if path is not None}
+    for path in outputs:
+        if path.resolve() in given:
+            raise InputError("is an input; choose another --out", path)
+        if path.exists() and not force:
+            raise InputError("already exists; pass --force to replace it", path)
+
+
+def _overlay_writer(folder: Path, images: dict[str, Path], preset: str | None, slices: int, matching: "Matching"):
+    from medsaga.data.intensity import choose_preset
+    from medsaga.evaluate.overlay import render_overlay
+    from medsaga.evaluate.png import write_png
+    from medsaga.evaluate.run import read_image
+    from medsaga.io.atomic import atomic_output
+
+    pairs = {pair.case_id: pair for pair in matching.pairs}
+
+    def write(result, predicted, truth) -> None:  # type: ignore[no-untyped-def]
+        image = read_image(images[result.case_id], truth, pairs[result.case_id])
+        window = preset or choose_preset(image.source.metadata.get("modality")).name
+        picture = render_overlay(image, predicted, truth, window, slices)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_output(folder / f"{result.case_id}.png") as temporary:
+            write_png(temporary, picture)
+
+    return write
+
+
+def _legend(evaluation: "Evaluation", shown: int | None = None) -> dict[str, str]:
+    """Which colour is which class, for the classes held by some case (``shown``: at most that many)."""
+    from medsaga.evaluate.overlay import PALETTE, class_colour_name
+
+    classes = _present_classes(evaluation)
+    words = [f"{_class_label(c)} {class_colour_name(c.value)}" for c in classes]
+    text = ", ".join(words if shown is None else words[:shown])
+    if shown is not None and len(words) > shown:
+        text += f" and {len(words) - shown} more (in metrics.json)"
+    if classes and max(c.value for c in classes) > len(PALETTE):
+        text += f"; colours repeat every {len(PALETTE)} label values"
+    return {"fill": "prediction", "outline": "ground truth", "colours": text}
+
+
+class _progress:
+    """A transient rich progress bar on stderr, fed by the library's progress callback;
+    ``on_checked(console)`` runs once when the checking pass is complete."""
+
+    def __init__(self, on_checked: Callable[["Console"], None]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=_stderr(), transient=True)
+        self.tasks: dict[str, TaskID] = {}
+        self.on_checked: Callable[["Console"], None] | None = on_checked
+
+    def __enter__(self) -> "_progress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done)
+        if stage == "checking" and done == total and self.on_checked is not None:
+            self.on_checked(self.bar.console)  # the bar's own console keeps the bar intact
+            self.on_checked = None
+
+
+def _present_classes(evaluation: "Evaluation") -> list["EvalClass"]:
+    """The classes held by some reference or prediction: a class absent from every case (common
+    when a dataset.json declares many) would only add rows of 'both empty' to the tables."""
+    return [s.eval_class for s in evaluation.summaries if s.both_empty < s.cases]
+
+
+def _hidden_note(evaluation: "Evaluation") -> str:
+    hidden = len(evaluation.classes.classes) - len(_present_classes(evaluation))
+    return f" {hidden} class(es) absent from every case are not shown (they are in the CSV/JSON)." if hidden else ""
+
+
+def _case_table(evaluation: "Evaluation") -> "Table":
+    from rich.table import Table
+
+    table = Table(title=f"per case (NSD at {evaluation.tolerance_mm:g} mm)", caption=_hidden_note(evaluation).strip()
+                  or None)
+    for name, justify in (("case", "left"), ("class", "left"), ("Dice", "right"), ("HD95 mm", "right"),
+                          ("NSD", "right"), ("note", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    classes = _present_classes(evaluation)
+    for case in evaluation.cases:
+        for index, c in enumerate(classes):
+            m = case.metrics[c.value]
+            table.add_row(case.case_id if index == 0 else "", c.name, _fmt(m.dice, 4), _fmt(m.hd95_mm, 2),
+                          _fmt(m.nsd, 4), "" if m.status == "ok" else m.status,
+                          end_section=index == len(classes) - 1)
+    return table
+
+
+def _mean_table(evaluation: "Evaluation") -> "Table":
+    from medsaga.evaluate import mean_over_classes
+    from rich.table import Table
+
+    overall = mean_over_classes(evaluation.summaries)
+    table = Table(title=f"mean per class over {len(evaluation.cases)} case(s) (NSD at {evaluation.tolerance_mm:g} mm)",
+                  caption="Dice, NSD: mean over the cases whose ground truth holds the class (missed = 0); "
+                          "HD95: over the cases where both hold it. "
+                          f"Mean over classes: Dice {_fmt(overall['dice'], 4)}, HD95 {_fmt(overall['hd95_mm'], 2)} "
+                          f"mm, NSD {_fmt(overall['nsd'], 4)}.{_hidden_note(evaluation)}")
+    for name in ("class", "with GT", "Dice", "HD95 mm", "NSD", "missed", "false pos.", "both empty"):
+        table.add_column(name, justify="left" if name == "class" else "right", no_wrap=True)
+    present = set(_present_classes(evaluation))
+    for s in evaluation.summaries:
+        if s.eval_class not in present:
+            continue
+        table.add_row(_class_label(s.eval_class), str(s.reference_cases), _fmt(s.dice_mean, 4),
+                      _fmt(s.hd95_mean_mm, 2), _fmt(s.nsd_mean, 4), str(s.missed), str(s.false_positive),
+                      str(s.both_empty))
+    return table
+
+
+def _class_label(eval_class: "EvalClass") -> str:
+    """``"1 liver"``; just ``"1"`` for a class named by its value."""
+    value = str(eval_class.value)
+    return value if eval_class.name == value else f"{value} {eval_class.name}"
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _some(ids: tuple[str, ...], shown: int = 10) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+def _stdout_console() -> "Console":
+    from rich.console import Console
+
+    # Redirected to a file or a CI log, rich would assume 80 columns and fold the table.
+    return Console() if sys.stdout.isatty() else Console(width=132)
+
+
+def _stderr() -> "Console":
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)

@@ -1,0 +1,129 @@
+"""``medsaga predict RUN_DIR INPUT... --out OUT``: label maps for new volumes, with progress and timings."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from medsaga.predict.inputs import PredictCase
+    from medsaga.predict.pipeline import CaseResult
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)
+
+
+def predict(
+    run_dir: Path = typer.Argument(..., help="Run folder written by 'medsaga finetune' (config.json, "
+                                             "trained.safetensors, method.json)."),
+    inputs: list[Path] = typer.Argument(..., help="NIfTI / NRRD / MHA files, DICOM series folders, or folders of "
+                                                  "them (e.g. an nnU-Net imagesTs/ with CASE_0000.nii.gz files)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the predictions (created if needed)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Slices per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA that supports it, "
+                                                              "else fp32), fp32, bf16."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="The run's base checkpoint, if it moved "
+                                                                            "since training (checked by SHA-256)."),
+    largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest 3-D connected "
+                                                                              "component of each class."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write OUT/probabilities/CASE.nii.gz: "
+                                                                      "float32 (I, J, K, C+1), channel c = class c."),
+    seg_type: str = typer.Option("binary", "--seg-type", help="DICOM-SEG type for DICOM input: binary (widely "
+                                                              "read) or labelmap (DICOM 2024, compact)."),
+    series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to read where a DICOM folder "
+                                                             "holds several series."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs (inputs are never replaced)."),
+) -> None:
+    """Segment volumes with a fine-tuned run.
+
+    Each volume is sliced exactly as in training, segmented slice by slice and put back on its own
+    grid. Outputs in OUT, per case (CASE = file name without ending and _0000 channel suffix, or the
+    DICOM folder's name): CASE.nii.gz (label values of the training dataset; a NIfTI input's header
+    is kept), plus CASE.nrrd for NRRD/MHA input, plus CASE.seg.dcm (DICOM-SEG) for a DICOM series.
+    Ends with a table of slices and seconds per volume.
+    """
+    from medsaga.predict.pipeline import PredictOptions, predict as run_predict
+
+    options = PredictOptions(run_dir=run_dir, inputs=tuple(inputs), out=out, batch_size=batch_size, device=device,
+                             precision=precision, checkpoint=checkpoint, largest_component=largest_component,
+                             probabilities=probabilities, seg_type=seg_type.lower(), series_uid=series, force=force)
+    reporter = _Reporter()
+    try:
+        outcome = run_predict(options, reporter)
+    finally:
+        reporter.close()
+    _print_table(outcome.results, out)
+
+
+class _Reporter:
+    """Rich progress on stderr: one bar over the volumes, one over the current volume's slices."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.progress = None
+        self.cases_task = None
+        self.slices_task = None
+
+    def info(self, message: str) -> None:
+        self.console.print(message, markup=False)
+
+    def warning(self, message: str) -> None:
+        self.console.print(f"warning: {message}", markup=False)
+
+    def on_start(self, cases: Sequence[PredictCase]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        # Transient: the table replaces the bars, and an error leaves its one line, not a half bar.
+        # Off when stderr is no terminal (a log file): there the bars would only leave blank lines.
+        self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+                                 disable=not self.console.is_terminal)
+        self.progress.start()
+        self.console = self.progress.console
+        self.cases_task = self.progress.add_task("volumes", total=len(cases))
+        self.slices_task = self.progress.add_task("", total=None, visible=False)
+
+    def on_slices(self, case: PredictCase, done: int, total: int) -> None:
+        assert self.progress is not None and self.slices_task is not None
+        if done == 0:
+            self.progress.reset(self.slices_task, total=total, description=f"{case.case_id} slices", visible=True)
+        self.progress.update(self.slices_task, completed=done)
+
+    def on_case_done(self, result: CaseResult) -> None:
+        assert self.progress is not None and self.cases_task is not None
+        self.progress.advance(self.cases_task)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _print_table(results: list[CaseResult], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"medsaga predict: {len(results)} volume{'s' if len(results) != 1 else ''} → {out}",
+                  caption="inference: slicing, model and un-slicing; total adds reading and writing")
+    for name, justify in (("volume", "left"), ("shape", "left"), ("slices", "right"), ("inference s", "right"),
+                          ("slices/s", "right"), ("total s", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for result in results:
+        table.add_row(result.case_id, "×".join(map(str, result.shape)), str(result.slices),
+                      f"{result.inference_seconds:.2f}", f"{result.slices_per_second:.1f}",
+                      f"{result.total_seconds:.2f}")
+    slices = sum(r.slices for r in results)
+    inference = sum(r.inference_seconds for r in results)
+    table.add_section()
+    table.add_row("total", "", str(slices), f"{inference:.2f}",
+                  f"{slices / inference:.1f}" if inference > 0 else "-",
+                  f"{sum(r.total_seconds for r in results):.2f}", style="bold")
+    Console(width=None if sys.stdout.isatty() else 120).print(table)

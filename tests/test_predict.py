@@ -1,0 +1,427 @@
+"""`medsaga predict`: the rebuilt model, outputs that overlay exactly, DICOM-SEG, inputs and errors.
+
+One tiny run (decoder method, one step at 64 px, a learning rate too small to matter) serves every
+test: its barely trained decoder still gives every class somewhere, which is what geometry, SEG
+and clean-up checks need; whether the segmentation is any good is not the question here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import medsaga.train.finetune as finetune_module
+from medsaga.errors import InputError
+from medsaga.io import read_dicom_seg, read_volume
+from medsaga.predict import (PredictOptions, find_cases, keep_largest_component, load_model, load_run, predict,
+                             read_run_config, segment_case, verify_checkpoint)
+from medsaga.train.finetune import FinetuneOptions, finetune
+from tests.dataset_factory import make_nnunet, phantom, write_nifti
+from tests.test_cli import assert_one_line_error
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+THREE_SLICE = SHARED / "ct-dicom-seg" / "ct-3slice"
+NO_UID_SERIES = SHARED / "ct-dicom-series" / "dicom"
+VALUES = {0, 1, 2, 3}  # sample_data's label values
+
+# `medsaga predict` in a fresh interpreter, registering the command if cli/main.py does not yet.
+_CLI = ("from cli import main, predict_cmd\n"
+        "if 'predict' not in {c.name for c in main.app.registered_commands}:\n"
+        "    predict_cmd.register(main.app)\n"
+        "main.run()\n")
+
+
+def medsaga_predict(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _CLI, "predict", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (CI provides ../shared beside the clone)")
+    return path
+
+
+class Quiet:
+    """Records what training and prediction report."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+        self.progress: list[tuple[str, int, int]] = []
+
+    def info(self, message: str) -> None:
+        self.messages.append(message)
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def on_case_loaded(self, *args) -> None: ...
+
+    def on_start(self, *args) -> None: ...
+
+    def on_step(self, *args) -> None: ...
+
+    def on_validation(self, *args) -> None: ...
+
+    def on_slices(self, case, done: int, total: int) -> None:
+        self.progress.append((case.case_id, done, total))
+
+    def on_case_done(self, result) -> None: ...
+
+
+@dataclass
+class Trained:
+    run: Path
+    state: dict[str, torch.Tensor]  # the model's tensors as training left them
+
+
+def train_tiny(out: Path, data: Path = SAMPLE, **changes) -> None:
+    options = dict(data_dir=data, out=out, shots=1, model="tiny", image_size=64, steps=1, batch_size=2,
+                   method="decoder", lr=1e-6, seed=7, augment=False)
+    finetune(FinetuneOptions(**{**options, **changes}), Quiet())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    run = tmp_path_factory.mktemp("predict") / "run"
+    captured: dict[str, torch.Tensor] = {}
+    save = finetune_module.save_trained
+
+    def save_and_capture(method, model, folder):
+        captured.update({name: value.detach().clone() for name, value in model.state_dict().items()})
+        return save(method, model, folder)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(finetune_module, "save_trained", save_and_capture)
+        train_tiny(run)
+    return Trained(run, captured)
+
+
+def run_predict(run: Path, inputs: list[Path], out: Path, **changes) -> tuple[object, Quiet]:
+    reporter = Quiet()
+    options = PredictOptions(run_dir=run, inputs=tuple(inputs), out=out, batch_size=6, **changes)
+    return predict(options, reporter), reporter
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def test_random_weights_run_is_rebuilt_bit_identical_from_its_seed(trained: Trained) -> None:
+    from medsaga.methods.persist import METHOD_FILE, TRAINED_FILE
+    from medsaga.predict.run import RUN_FILES
+
+    assert RUN_FILES == (METHOD_FILE, TRAINED_FILE)
+    config = read_run_config(trained.run)
+    assert config.checkpoint is None and config.seed == 7 and config.class_values == (0, 1, 2, 3)
+    rebuilt = load_model(config, verify_checkpoint(config)).state_dict()
+    assert rebuilt.keys() == trained.state.keys()
+    # The decoder method froze the randomly initialised encoder: only the seed can bring it back.
+    assert all(torch.equal(rebuilt[name], value) for name, value in trained.state.items())
+    assert not load_model(config, None).training
+
+
+def test_bf16_autocast_gives_nearly_the_fp32_labels(trained: Trained) -> None:
+    # bf16 is what CUDA runs by default; CPU autocast exercises the same code path here.
+    volume = read_volume(SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz")
+    fp32 = segment_case(load_run(trained.run, "cpu"), volume)
+    bf16 = segment_case(load_run(trained.run, "cpu", precision="bf16"), volume)
+    assert bf16.classes.array.dtype == np.uint8 and bf16.classes.shape == volume.shape
+    assert np.mean(fp32.classes.array == bf16.classes.array) > 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs on the input's grid
+
+
+def test_every_sample_orientation_gets_a_label_map_on_its_own_grid(trained: Trained, tmp_path: Path) -> None:
+    outcome, reporter = run_predict(trained.run, [SAMPLE / "imagesTr"], tmp_path / "a")
+    assert [r.case_id for r in outcome.results] == [f"phantom_{n:03d}" for n in range(1, 9)]
+    assert reporter.progress[0] == ("phantom_001", 0, 24) and reporter.progress[-1][1:] == (28, 28)
+    again, _ = run_predict(trained.run, [SAMPLE / "imagesTr"], tmp_path / "b")
+    seen: set[int] = set()
+    for result in outcome.results:
+        image = nib.load(SAMPLE / "imagesTr" / f"{result.case_id}_0000.nii.gz")
+        label = nib.load(tmp_path / "a" / f"{result.case_id}.nii.gz")
+        assert result.outputs == [tmp_path / "a" / f"{result.case_id}.nii.gz"]
+        # Exactly the input's geometry and header codes (RAS, LPS, oblique, tilted, permuted axes).
+        assert np.array_equal(label.affine, image.affine) and label.shape == image.shape
+        for form in ("qform_code", "sform_code"):
+            assert label.header[form] == image.header[form]
+        assert np.array_equal(label.header.get_sform(), image.header.get_sform())
+        voxels = np.asarray(label.dataobj)
+        assert set(np.unique(voxels).tolist()) <= VALUES and label.get_data_dtype() == np.uint8
+        seen |= set(np.unique(voxels).tolist())
+        assert result.label_voxels == {v: int(n) for v, n in zip(*np.unique(voxels, return_counts=True))}
+        # Predicting twice gives the same file contents.
+        twice = nib.load(tmp_path / "b" / f"{result.case_id}.nii.gz")
+        assert np.array_equal(np.asarray(twice.dataobj), voxels)
+        assert twice.header.binaryblock == label.header.binaryblock
+    assert seen == VALUES  # the barely trained model still gives every class somewhere
+
+
+def test_lps_nrrd_copy_gets_the_same_labels_in_world_space(trained: Trained, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    from medsaga.io.itk import image_to_itk
+
+    ras = read_volume(SAMPLE / "imagesTr" / "phantom_001_0000.nii.gz")
+    assert ras.orientation == "RAS"
+    lps = ras.flip(0).flip(1)  # same voxels at the same places, stored as DICOM/ITK do
+    assert lps.orientation == "LPS"
+    nrrd = tmp_path / "in" / "phantom_lps.nrrd"
+    nrrd.parent.mkdir()
+    sitk.WriteImage(image_to_itk(lps), str(nrrd))
+    outcome, _ = run_predict(trained.run, [SAMPLE / "imagesTr" / "phantom_001_0000.nii.gz", nrrd], tmp_path / "out")
+    assert [r.case_id for r in outcome.results] == ["phantom_001", "phantom_lps"]
+    assert outcome.results[1].outputs == [tmp_path / "out" / "phantom_lps.nii.gz", tmp_path / "out" / "phantom_lps.nrrd"]
+    reference = read_volume(tmp_path / "out" / "phantom_001.nii.gz").array
+    source = read_volume(nrrd)
+    for name in ("phantom_lps.nrrd", "phantom_lps.nii.gz"):
+        predicted = read_volume(tmp_path / "out" / name)
+        assert predicted.same_grid(source) == [] and np.allclose(predicted.affine, source.affine, atol=1e-5)
+        # Slicing is orientation-free: flipped back, the LPS prediction is the RAS one, voxel for voxel.
+        assert np.array_equal(predicted.array[::-1, ::-1], reference)
+
+
+def test_probabilities_are_a_4d_map_on_the_input_grid(trained: Trained, tmp_path: Path) -> None:
+    case = SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz"
+    outcome, _ = run_predict(trained.run, [case], tmp_path, probabilities=True)
+    path = tmp_path / "probabilities" / "phantom_007.nii.gz"
+    assert outcome.results[0].outputs[-1] == path
+    maps, image = nib.load(path), nib.load(case)
+    assert maps.shape == (*image.shape, 4) and maps.get_data_dtype() == np.float32
+    assert np.array_equal(maps.affine, image.affine) and maps.header["sform_code"] == image.header["sform_code"]
+    scores = np.asarray(maps.dataobj)
+    assert np.allclose(scores.sum(axis=-1), 1, atol=1e-5) and scores.min() >= 0
+    labels = np.asarray(nib.load(tmp_path / "phantom_007.nii.gz").dataobj)
+    assert np.mean(scores.argmax(axis=-1) == labels) > 0.999  # class c = value c here; ties may differ
+
+
+def test_two_channel_run_groups_channel_files(tmp_path: Path) -> None:
+    data = make_nnunet(tmp_path / "ds", n_cases=2, channels=("T1", "T2"))
+    train_tiny(tmp_path / "run", data=data, shots=2)
+    assert read_run_config(tmp_path / "run").mode == "modalities"
+    outcome, _ = run_predict(tmp_path / "run", [data / "imagesTr"], tmp_path / "out")
+    assert [r.case_id for r in outcome.results] == ["case_000", "case_001"]
+    label = nib.load(tmp_path / "out" / "case_000.nii.gz")
+    assert label.shape == (16, 12, 6) and set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1, 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Largest component
+
+
+def test_largest_component_keeps_one_component_per_class() -> None:
+    labels = np.zeros((12, 10, 8), np.uint8)
+    labels[1:5, 1:5, 1:5] = 1  # 64 voxels: kept
+    labels[8:10, 7:9, 5:7] = 1  # 8 voxels: removed
+    labels[6, 1, 1] = labels[7, 2, 2] = 1  # a corner-connected pair elsewhere: removed
+    labels[1:3, 7:9, 1:3] = 4  # 8 voxels, touching the next one only by a corner: one component
+    labels[3, 9, 3] = 4
+    labels[10, 0, 7] = 4  # a lone voxel: removed
+    kept = keep_largest_component(labels)
+    assert kept.dtype == labels.dtype and labels[8, 7, 5] == 1  # the input is untouched
+    assert np.count_nonzero(kept == 1) == 64 and np.count_nonzero(kept == 4) == 9
+    assert kept[8, 7, 5] == kept[6, 1, 1] == kept[10, 0, 7] == 0
+    from scipy import ndimage
+
+    for value in (1, 4):
+        assert ndimage.label(kept == value, structure=np.ones((3, 3, 3)))[1] == 1
+
+
+def test_largest_component_option_changes_only_removed_voxels(trained: Trained, tmp_path: Path) -> None:
+    case = SAMPLE / "imagesTr" / "phantom_006_0000.nii.gz"
+    run_predict(trained.run, [case], tmp_path / "plain")
+    run_predict(trained.run, [case], tmp_path / "largest", largest_component=True)
+    plain = np.asarray(nib.load(tmp_path / "plain" / "phantom_006.nii.gz").dataobj)
+    largest = np.asarray(nib.load(tmp_path / "largest" / "phantom_006.nii.gz").dataobj)
+    assert np.array_equal(largest, keep_largest_component(plain))
+    assert np.all((largest == plain) | (largest == 0)) and not np.array_equal(largest, plain)
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM
+
+
+def test_dicom_series_gets_nifti_and_a_seg_referencing_it(trained: Trained, tmp_path: Path) -> None:
+    import highdicom as hd
+    import pydicom
+
+    series = need(THREE_SLICE)
+    outcome, reporter = run_predict(trained.run, [series], tmp_path)
+    assert not reporter.warnings
+    nifti_path, seg_path = tmp_path / "ct-3slice.nii.gz", tmp_path / "ct-3slice.seg.dcm"
+    assert outcome.results[0].outputs == [nifti_path, seg_path]
+    source = read_volume(series)
+    labels = read_volume(nifti_path)
+    assert labels.shape == source.shape and np.allclose(labels.affine, source.affine, atol=1e-4)
+    assert set(np.unique(labels.array).tolist()) == VALUES
+
+    seg = hd.seg.segread(seg_path)
+    assert str(seg.SegmentationType) == "BINARY" and seg.StudyInstanceUID == pydicom.dcmread(
+        source.source.dicom_files[0], stop_before_pixels=True).StudyInstanceUID
+    instance_uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in source.source.dicom_files]
+    referenced = {uids[2] for uids in seg.get_source_image_uids()}
+    assert referenced <= set(instance_uids) and len(referenced) == 3
+    assert [(d.SegmentNumber, d.SegmentLabel, d.SegmentDescription) for d in seg.SegmentSequence] == [
+        (1, "liver", "label value 1"), (2, "kidney", "label value 2"), (3, "spleen", "label value 3")]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"
+    # Segment numbers are class indices; here class c has label value c. Read back by the series'
+    # SOP instances, and independently by the frames' positions on the NIfTI's grid.
+    assert np.array_equal(read_dicom_seg(seg_path, series).array, labels.array)
+    assert np.array_equal(read_dicom_seg(seg_path, labels).array, labels.array)
+    assert np.array_equal(read_volume(seg_path, reference=series).array, labels.array)
+    # Frame by frame from the raw dataset: frame = (rows, columns) = voxels (j, i) of slice k.
+    raw = pydicom.dcmread(seg_path)
+    frames = raw.pixel_array.reshape(-1, *source.shape[1::-1])
+    for frame, group in zip(frames, raw.PerFrameFunctionalGroupsSequence):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        number = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        k = instance_uids.index(uid)
+        assert np.array_equal(frame.astype(bool), labels.array[:, :, k].T == number)
+
+    outcome, _ = run_predict(trained.run, [series], tmp_path, seg_type="labelmap", force=True)
+    assert str(hd.seg.segread(seg_path).SegmentationType) == "LABELMAP"
+    assert np.array_equal(read_dicom_seg(seg_path, series).array, labels.array)
+
+
+def test_series_without_uids_gets_the_nifti_and_a_warning_instead_of_a_seg(trained: Trained, tmp_path: Path) -> None:
+    series = need(NO_UID_SERIES)
+    outcome, reporter = run_predict(trained.run, [series], tmp_path)
+    assert outcome.results[0].outputs == [tmp_path / "dicom.nii.gz"] and not (tmp_path / "dicom.seg.dcm").exists()
+    assert len(reporter.warnings) == 1 and "no DICOM-SEG" in reporter.warnings[0]
+    assert "SOPInstanceUID" in reporter.warnings[0] and str(series) in reporter.warnings[0]
+    labels, source = read_volume(tmp_path / "dicom.nii.gz"), read_volume(series)
+    assert labels.same_grid(source) == [] and np.allclose(labels.affine, source.affine, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def test_case_ids_and_channel_grouping(tmp_path: Path) -> None:
+    folder = tmp_path / "imagesTs"
+    for name in ("b_0000.nii.gz", "a_0000.nii.gz", "a_0001.nii.gz", "scan_2023.nrrd", "plain.nii"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).touch()
+    (folder / "notes.txt").touch()
+    cases = find_cases([folder / "b_0000.nii.gz", folder / "scan_2023.nrrd", folder / "plain.nii"], ["CT"])
+    assert [(c.case_id, c.kind) for c in cases] == [("b", "nifti"), ("plain", "nifti"), ("scan_2023", "itk")]
+    with pytest.raises(InputError, match="case a has 2 channel files .* trained on one channel"):
+        find_cases([folder], ["CT"])
+    two = find_cases([folder / "a_0001.nii.gz", folder / "a_0000.nii.gz"], ["T1", "T2"])
+    assert [(c.case_id, [p.name for p in c.images]) for c in two] == [("a", ["a_0000.nii.gz", "a_0001.nii.gz"])]
+    with pytest.raises(InputError, match=r"case b lacks channel file b_0001; this run takes 2 channels \(_0000 T1"):
+        find_cases([folder / "b_0000.nii.gz"], ["T1", "T2"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "b.nii.gz").touch()
+    with pytest.raises(InputError, match="gives case id 'b', as does"):
+        find_cases([folder / "b_0000.nii.gz", tmp_path / "other" / "b.nii.gz"], ["CT"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no image files"):
+        find_cases([tmp_path / "empty"], ["CT"])
+    with pytest.raises(InputError, match="single DICOM file; pass the folder"):
+        find_cases([need(THREE_SLICE) / "01.dcm"], ["CT"])
+
+
+def test_dicom_folder_inside_a_folder_is_a_case(trained: Trained, tmp_path: Path) -> None:
+    series = need(THREE_SLICE)
+    parent = tmp_path / "batch"
+    shutil.copytree(series, parent / "patient_a")
+    write_nifti(parent / "other_0000.nii.gz", phantom()[0])
+    cases = find_cases([parent], ["CT"])
+    assert [(c.case_id, c.kind) for c in cases] == [("other", "nifti"), ("patient_a", "dicom")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, exit code 2, before the long work
+
+
+def test_cli_errors_are_one_line(trained: Trained, tmp_path: Path) -> None:
+    case = SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz"
+    not_a_run = tmp_path / "not_a_run"
+    not_a_run.mkdir()
+    assert_one_line_error(medsaga_predict(not_a_run, case, "--out", tmp_path / "o"), not_a_run, "no config.json")
+    missing = tmp_path / "missing.nii.gz"
+    assert_one_line_error(medsaga_predict(trained.run, missing, "--out", tmp_path / "o"), missing, "no such file")
+
+    existing = tmp_path / "o" / "phantom_007.nii.gz"
+    existing.parent.mkdir()
+    existing.write_bytes(b"mine")
+    assert_one_line_error(medsaga_predict(trained.run, case, "--out", tmp_path / "o"), existing,
+                          "already exists", "--force")
+    assert existing.read_bytes() == b"mine"
+
+    two_channels = tmp_path / "two_channel_run"
+    shutil.copytree(trained.run, two_channels)
+    config = json.loads((two_channels / "config.json").read_text())
+    config["dataset"]["channel_names"], config["slicing"]["presets"] = ["T1", "T2"], ["mr", "mr"]
+    config["slicing"]["mode"] = "modalities"
+    (two_channels / "config.json").write_text(json.dumps(config))
+    plain = tmp_path / "scan.nii.gz"
+    shutil.copy(case, plain)
+    assert_one_line_error(medsaga_predict(two_channels, plain, "--out", tmp_path / "o2"), plain,
+                          "no channel suffix", "2 channels", "scan_0000")
+
+
+def test_broken_run_folders_are_named(trained: Trained, tmp_path: Path) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(trained.run, broken)
+    (broken / "trained.safetensors").unlink()
+    with pytest.raises(InputError, match="the run has no trained.safetensors: did its training finish"):
+        read_run_config(broken)
+    (broken / "config.json").write_text(json.dumps({"model": {"type": "tiny"}}))
+    with pytest.raises(InputError, match=r"config.json: not a readable medsaga run config \(missing 'classes'\)"):
+        read_run_config(broken)
+
+
+def test_outputs_never_replace_inputs(trained: Trained, tmp_path: Path) -> None:
+    image = tmp_path / "case.nii.gz"  # its output would be OUT/case.nii.gz: itself
+    shutil.copy(SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz", image)
+    with pytest.raises(InputError, match="refusing to replace an input"):
+        run_predict(trained.run, [image], tmp_path, force=True)
+
+
+def test_base_checkpoint_is_verified_by_hash(tmp_path: Path) -> None:
+    from medsaga.model.build import build_sam
+
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        state = build_sam("tiny", num_classes=3, image_size=64).state_dict()
+    checkpoint = tmp_path / "tiny_base.pth"
+    torch.save(state, checkpoint)
+    train_tiny(tmp_path / "run", model=None, checkpoint=checkpoint)
+    case = SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz"
+
+    result = medsaga_predict(tmp_path / "run", case, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "phantom_007" in result.stdout and "total" in result.stdout and "slices/s" in result.stdout
+    assert "Traceback" not in result.stderr and (tmp_path / "out" / "phantom_007.nii.gz").is_file()
+
+    moved = tmp_path / "elsewhere.pth"
+    checkpoint.rename(moved)
+    config = read_run_config(tmp_path / "run")
+    with pytest.raises(InputError, match="not found; if it moved, pass its new location with --checkpoint"):
+        verify_checkpoint(config)
+    assert verify_checkpoint(config, moved) == moved
+    data = bytearray(moved.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    moved.write_bytes(bytes(data))
+    assert_one_line_error(medsaga_predict(tmp_path / "run", case, "--out", tmp_path / "out2", "--checkpoint", moved),
+                          moved, "is not the checkpoint this run was trained from", "SHA-256")
+    moved.write_bytes(bytes(data) + b"\0")
+    with pytest.raises(InputError, match="bytes"):
+        verify_checkpoint(config, moved)
