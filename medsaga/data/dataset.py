@@ -32,6 +32,12 @@ LABEL_SUFFIXES: tuple[str, ...] = ("_seg", "_label", "_labels", "_mask")
 _CHANNEL_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
+def split_channel(stem: str) -> tuple[str, int | None]:
+    """nnU-Net channel naming: ``"liver_7_0001"`` → ``("liver_7", 1)``; ``"liver_7"`` → ``("liver_7", None)``."""
+    match = _CHANNEL_PATTERN.match(stem)
+    return (match["case"], int(match["channel"])) if match else (stem, None)
+
+
 @dataclass(frozen=True)
 class CaseFiles:
     """The files of one case.
@@ -125,8 +131,8 @@ def _discover_nnunet(root: Path) -> Dataset:
     channels_by_case: dict[str, dict[int, Path]] = defaultdict(dict)
     for path in image_files:
         stem = path.name[: -len(file_ending)]
-        match = _CHANNEL_PATTERN.match(stem)
-        case_id, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        case_id, number = split_channel(stem)
+        channel = 0 if number is None else number
         if channel in channels_by_case[case_id]:
             raise InputError(f"case {case_id} has two files for channel {channel}", path)
         channels_by_case[case_id][channel] = path

@@ -17,15 +17,14 @@ plain-pairs folder with ``labels/``. Images for overlays are found the same way 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsaga.data.dataset import SUPPORTED_ENDINGS
+from medsaga.data.dataset import split_channel
 from medsaga.errors import InputError
 
 LABEL_FILE_SUFFIXES: tuple[str, ...] = ("_seg", "_labels", "_label", "_mask", "_pred")
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,8 @@ def image_files(images: Path) -> tuple[dict[str, Path], Path | None]:
         stem = split_ending(path.name)[0]  # type: ignore[index]
         if _strip_label_suffix(stem)[1]:
             continue
-        match = _CHANNEL.match(stem)
-        case_id, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        case_id, number = split_channel(stem)
+        channel = 0 if number is None else number
         if case_id not in found or channel < found[case_id][0]:
             found[case_id] = (channel, path)
     return {case_id: path for case_id, (_, path) in found.items()}, \

@@ -8,7 +8,6 @@ uint16 when a label exceeds 255, without scaling, so labels read back exactly.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
+from medsaga.io.paths import same_path
 from medsaga.io.formats import format_suffix
 from medsaga.io.volume import Volume
 
@@ -85,7 +85,7 @@ def _check_output_path(volume: Volume, path: Path, overwrite: bool) -> None:
     if volume.source.metadata.get("reference"):
         inputs.append(Path(volume.source.metadata["reference"]))
     for source in inputs:
-        if source is not None and _same_file(Path(source), path):
+        if source is not None and same_path(Path(source), path):
             raise InputError("is an input of this label map; refusing to overwrite it", path)
     if path.is_dir():
         raise InputError("is a folder; give a file name for the label map", path)
@@ -95,16 +95,6 @@ def _check_output_path(volume: Volume, path: Path, overwrite: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot create the output folder ({error.strerror or error})", path) from None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Same file by identity when both exist (catches links), by resolved path otherwise."""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.expanduser().resolve() == b.expanduser().resolve()
 
 
 def _write_nifti(volume: Volume, labels: np.ndarray, path: Path) -> None:

@@ -20,17 +20,16 @@ Only names are looked at here; nothing is read.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medsaga.data.dataset import split_channel
 from medsaga.errors import InputError
 from medsaga.io.formats import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, format_suffix, has_dicom_preamble
 
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # Enough to tell a DICOM folder from a folder of NIfTI files without reading thousands of headers.
 _SNIFFED_FILES = 50
 
@@ -130,11 +129,10 @@ def _group_files(files: list[Path], names: tuple[str, ...]) -> list[PredictCase]
     by_case: dict[str, dict[int, Path]] = defaultdict(dict)
     plain: list[tuple[str, Path]] = []  # names without a channel suffix
     for path in files:
-        match = _CHANNEL.match(_stem(path))
-        if match is None:
-            plain.append((_stem(path), path))
+        case_id, channel = split_channel(_stem(path))
+        if channel is None:
+            plain.append((case_id, path))
             continue
-        case_id, channel = match["case"], int(match["channel"])
         if channel in by_case[case_id]:
             raise InputError(f"channel {channel:04d} of case {case_id} is given twice (also "
                              f"{by_case[case_id][channel]})", path)

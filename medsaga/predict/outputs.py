@@ -18,7 +18,6 @@ OUT itself holds label maps only (what ``medsaga evaluate`` or any tool globbing
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
+from medsaga.io.paths import same_path
 from medsaga.io.volume import Volume
 from medsaga.predict.inputs import PredictCase
 
@@ -60,7 +60,7 @@ def plan_outputs(cases: Sequence[PredictCase], out: str | Path, *, probabilities
     inputs = [image for case in cases for image in case.images]
     for image in inputs:
         # A SEG written into the series folder would become part of what that folder holds.
-        if image.is_dir() and _same(image, out):
+        if image.is_dir() and same_path(image, out):
             raise InputError("is an input DICOM series folder; choose another --out", out)
     plans = {}
     for case in cases:
@@ -72,7 +72,7 @@ def plan_outputs(cases: Sequence[PredictCase], out: str | Path, *, probabilities
         )
         for path in plan.paths():
             for image in inputs:
-                if _same(image, path):
+                if same_path(image, path):
                     raise InputError(f"would be overwritten by the prediction of case {case.case_id}; refusing to "
                                      "replace an input, choose another --out", image)
             if path.exists() and not force:
@@ -127,13 +127,3 @@ def write_probabilities(probabilities: np.ndarray, grid: Volume, path: str | Pat
     except OSError as error:
         raise InputError(f"cannot write ({error.strerror or error})", path) from None
     return path
-
-
-def _same(a: Path, b: Path) -> bool:
-    """Same file or folder: by identity when both exist (catches links), else by resolved path."""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.expanduser().resolve() == b.expanduser().resolve()
