@@ -7,6 +7,7 @@ and clean-up checks need; whether the segmentation is any good is not the questi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -298,14 +299,76 @@ def test_dicom_series_gets_nifti_and_a_seg_referencing_it(trained: Trained, tmp_
     assert np.array_equal(read_dicom_seg(seg_path, series).array, labels.array)
 
 
-def test_series_without_uids_gets_the_nifti_and_a_warning_instead_of_a_seg(trained: Trained, tmp_path: Path) -> None:
+def test_series_with_empty_uids_gets_a_seg_referencing_its_file_meta_uids(trained: Trained, tmp_path: Path) -> None:
+    import highdicom as hd
+    import pydicom
+
     series = need(NO_UID_SERIES)
+    nifti_path, seg_path = tmp_path / "dicom.nii.gz", tmp_path / "dicom.seg.dcm"
     outcome, reporter = run_predict(trained.run, [series], tmp_path)
-    assert outcome.results[0].outputs == [tmp_path / "dicom.nii.gz"] and not (tmp_path / "dicom.seg.dcm").exists()
-    assert len(reporter.warnings) == 1 and "no DICOM-SEG" in reporter.warnings[0]
-    assert "SOPInstanceUID" in reporter.warnings[0] and str(series) in reporter.warnings[0]
-    labels, source = read_volume(tmp_path / "dicom.nii.gz"), read_volume(series)
+    assert outcome.results[0].outputs == [nifti_path, seg_path]
+    assert len(reporter.warnings) == 1 and str(series) in reporter.warnings[0]
+    assert all(k in reporter.warnings[0] for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
+                                                     "file meta", "derived"))
+    labels, source = read_volume(nifti_path), read_volume(series)
     assert labels.same_grid(source) == [] and np.allclose(labels.affine, source.affine, atol=1e-4)
+
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.source.dicom_files]
+    assert all(not str(h.get("SOPInstanceUID", "")).strip() for h in headers)  # the files stay as they were
+    meta_uids = [str(h.file_meta.MediaStorageSOPInstanceUID) for h in headers]
+    digest = hashlib.sha256("\n".join(["medsaga SeriesInstanceUID", *sorted(meta_uids)]).encode()).hexdigest()
+    derived_series = "2.25." + str(int(digest[:30], 16))
+    assert len(derived_series) <= 64
+
+    seg = hd.seg.segread(seg_path)
+    source_uids = seg.get_source_image_uids()
+    referenced = {uids[2] for uids in source_uids}
+    assert referenced and referenced <= set(meta_uids)
+    assert {uids[1] for uids in source_uids} == {derived_series}
+    assert {uids[0] for uids in source_uids} == {str(seg.StudyInstanceUID)} and seg.StudyInstanceUID.startswith("2.25.")
+    assert seg.FrameOfReferenceUID == headers[0].FrameOfReferenceUID
+    # Read back onto the series (by plane position: the files' own SOPInstanceUIDs are empty)...
+    assert np.array_equal(read_dicom_seg(seg_path, series).array, labels.array)
+    # ...and frame by frame through the file-meta UIDs: frame = (rows, columns) = voxels (j, i) of slice k.
+    raw = pydicom.dcmread(seg_path)
+    frames = raw.pixel_array.reshape(-1, *source.shape[1::-1])
+    values = np.asarray([0, *sorted(VALUES - {0})])
+    for frame, group in zip(frames, raw.PerFrameFunctionalGroupsSequence):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        number = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        k = meta_uids.index(uid)
+        assert np.array_equal(frame.astype(bool), labels.array[:, :, k].T == values[number])
+
+    # Stable: a second prediction references the same study, series and instances.
+    again = tmp_path / "again"
+    run_predict(trained.run, [series], again)
+    second = hd.seg.segread(again / "dicom.seg.dcm")
+    assert sorted(second.get_source_image_uids()) == sorted(source_uids)
+    assert second.SeriesInstanceUID != seg.SeriesInstanceUID  # the SEG itself is a new series each time
+
+
+def test_series_whose_instances_cannot_be_identified_gets_no_seg(tmp_path: Path) -> None:
+    import pydicom
+
+    from medsaga.predict.dicom_seg import dicom_seg_problem, dicom_seg_substitutions
+
+    folder = tmp_path / "blank"
+    shutil.copytree(need(THREE_SLICE), folder)
+    for path in sorted(folder.iterdir()):
+        dataset = pydicom.dcmread(path)
+        dataset.SOPInstanceUID = ""
+        dataset.file_meta.MediaStorageSOPInstanceUID = ""
+        dataset.save_as(path, enforce_file_format=False)
+    volume = read_volume(folder)
+    problem = dicom_seg_problem(volume)
+    assert problem is not None and "SOPInstanceUID" in problem and "file meta" in problem
+    assert dicom_seg_substitutions(volume) is None
+    with pytest.raises(InputError, match="cannot write a DICOM-SEG"):
+        from medsaga.predict.dicom_seg import Segment, write_dicom_seg
+        write_dicom_seg(volume.with_array(np.zeros(volume.shape, np.uint8)), volume, [Segment(1, "a", 1)],
+                        tmp_path / "x.seg.dcm")
+    assert dicom_seg_problem(read_volume(need(THREE_SLICE))) is None
+    assert dicom_seg_substitutions(read_volume(need(THREE_SLICE))) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,15 +20,23 @@ Decisions:
   pixel array is ``array.transpose(2, 1, 0)`` with the source datasets in that same order.
 - **Series without UIDs**: a SEG references its sources by Study/Series/SOPInstanceUID and SOP
   class; some anonymisers blank them (the TotalSegmentator example series keeps them only in the
-  file meta). Inventing UIDs would make a SEG that points at images no archive holds, so such a
-  series gets no SEG: :func:`dicom_seg_problem` says why and the caller still writes the NIfTI.
+  file meta). The standard requires the file meta's MediaStorageSOPInstanceUID/SOPClassUID to equal
+  SOPInstanceUID/SOPClassUID, so empty ones are taken from there (lossless). Empty Study/Series
+  InstanceUIDs, which nothing recovers, get UIDs derived from the series content (``2.25.`` + the
+  SHA-256 of the sorted SOP instance UIDs, seeded differently for study and series): the same
+  series always gets the same references, so repeated predictions agree.
+  :func:`dicom_seg_substitutions` says what was filled in (the caller warns). Only a series whose
+  SOP instances cannot be identified at all gets no SEG: :func:`dicom_seg_problem` says why and the
+  caller still writes the NIfTI. All of this happens in the in-memory copies of the headers.
 - **Header quirk**: an empty SpecificCharacterSet means the default repertoire, which is what an
   absent one means too; highdicom refuses the empty value, so it is dropped from the in-memory
-  copies of the source headers (the files are never touched).
+  copies of the source headers (the files are never touched). Likewise an empty Type 1 SOP
+  Common/Frame of Reference value is never invented beyond the UIDs above.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -46,7 +54,6 @@ from medsaga.io.volume import Volume
 
 SEG_TYPES = ("binary", "labelmap")
 SERIES_NUMBER = 900  # high, so that viewers list the SEG after the acquired series
-_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 _TISSUE = ("85756007", "SCT", "Tissue")
 
 
@@ -64,15 +71,93 @@ def dicom_seg_problem(source: Volume) -> str | None:
 
     Reads the series' headers only (cheap).
     """
-    if source.source.format != "dicom" or not source.source.dicom_files:
-        return "the input is not a DICOM series"
-    for path in source.source.dicom_files:
-        header = _read_header(path)
-        missing = [keyword for keyword in _REQUIRED_UIDS if not str(header.get(keyword, "")).strip()]
-        if missing:
-            return (f"its files carry no {', '.join(missing)} (anonymised?), and a DICOM-SEG must reference the "
-                    "images by these UIDs")
+    try:
+        _source_headers(source)
+    except _Unreferenceable as problem:
+        return str(problem)
     return None
+
+
+def dicom_seg_substitutions(source: Volume) -> str | None:
+    """What the SEG of ``source`` fills in for UIDs its files leave empty (module docstring), or ``None``.
+
+    Meant for a warning; ``None`` as well when :func:`dicom_seg_problem` says no SEG can be written.
+    """
+    try:
+        return _source_headers(source)[1]
+    except _Unreferenceable:
+        return None
+
+
+class _Unreferenceable(Exception):
+    """The series' SOP instances cannot be identified; the message says why."""
+
+
+_META_UIDS = {"SOPInstanceUID": "MediaStorageSOPInstanceUID", "SOPClassUID": "MediaStorageSOPClassUID"}
+_DERIVED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID")
+
+
+def _source_headers(source: Volume) -> tuple[list[Any], str | None]:
+    """In-memory copies of the series' headers with empty UIDs filled in, and a note saying which.
+
+    Raises:
+        _Unreferenceable: not a DICOM series, or a file's SOP instance/class UID is empty in both
+            the data set and the file meta.
+    """
+    if source.source.format != "dicom" or not source.source.dicom_files:
+        raise _Unreferenceable("the input is not a DICOM series")
+    datasets = [_read_header(p) for p in source.source.dicom_files]
+    from_meta: set[str] = set()
+    for dataset in datasets:
+        meta = getattr(dataset, "file_meta", None)
+        for keyword, meta_keyword in _META_UIDS.items():
+            if _value(dataset, keyword):
+                continue
+            recovered = _value(meta, meta_keyword) if meta is not None else ""
+            if not recovered:
+                raise _Unreferenceable(
+                    f"its files carry no {keyword}, neither in the data set nor as {meta_keyword} in the file "
+                    "meta (anonymised?), and a DICOM-SEG must reference the images by these UIDs")
+            setattr(dataset, keyword, recovered)
+            from_meta.add(keyword)
+    instance_uids = sorted(_value(d, "SOPInstanceUID") for d in datasets)
+    derived: list[str] = []
+    for keyword in _DERIVED_UIDS:
+        if all(_value(d, keyword) for d in datasets):
+            continue
+        # Some or all files leave it empty: the one value the others carry, else a derived UID.
+        present = {_value(d, keyword) for d in datasets} - {""}
+        if len(present) == 1:
+            uid = present.pop()
+        else:
+            uid = _derived_uid(f"medsaga {keyword}", instance_uids)
+            derived.append(keyword)
+        for dataset in datasets:
+            if not _value(dataset, keyword):
+                setattr(dataset, keyword, uid)
+    for dataset in datasets:
+        if "SpecificCharacterSet" in dataset and not str(dataset.SpecificCharacterSet or "").strip():
+            del dataset.SpecificCharacterSet  # empty == absent == default repertoire (module docstring)
+    if not from_meta and not derived:
+        return datasets, None
+    parts = []
+    if from_meta:
+        parts.append(f"{' and '.join(sorted(from_meta))} from the file meta")
+    if derived:
+        parts.append(f"{' and '.join(derived)} derived from the SOP instance UIDs (stable across runs)")
+    missing = sorted(from_meta) + derived
+    return datasets, (f"its files leave {', '.join(missing)} empty (anonymised?); the DICOM-SEG references the "
+                      f"SOP instances with {'; '.join(parts)}")
+
+
+def _value(dataset: Any, keyword: str) -> str:
+    return str(dataset.get(keyword, "") or "").strip()
+
+
+def _derived_uid(seed: str, instance_uids: Sequence[str]) -> str:
+    """A deterministic UID under the UUID-derived root 2.25 (at most 2.25. + 37 digits)."""
+    digest = hashlib.sha256("\n".join([seed, *instance_uids]).encode()).hexdigest()
+    return "2.25." + str(int(digest[:30], 16))
 
 
 def write_dicom_seg(classes: Volume, source: Volume, segments: Sequence[Segment], path: str | Path, *,
@@ -101,9 +186,10 @@ def write_dicom_seg(classes: Volume, source: Volume, segments: Sequence[Segment]
     from pydicom.sr.codedict import codes
 
     path = Path(path)
-    problem = dicom_seg_problem(source)
-    if problem is not None:
-        raise InputError(f"cannot write a DICOM-SEG for {source.source.path}: {problem}", path)
+    try:
+        datasets, _ = _source_headers(source)
+    except _Unreferenceable as problem:
+        raise InputError(f"cannot write a DICOM-SEG for {source.source.path}: {problem}", path) from None
     if classes.shape != source.shape:
         raise ValueError(f"label map shape {classes.shape} differs from the series' {source.shape}")
     if segmentation_type not in SEG_TYPES:
@@ -117,10 +203,6 @@ def write_dicom_seg(classes: Volume, source: Volume, segments: Sequence[Segment]
     if any(_same_file(path, Path(f)) for f in source.source.dicom_files):
         raise InputError("is a file of the source series; refusing to overwrite it", path)
 
-    datasets = [_read_header(p) for p in source.source.dicom_files]
-    for dataset in datasets:
-        if "SpecificCharacterSet" in dataset and not str(dataset.SpecificCharacterSet or "").strip():
-            del dataset.SpecificCharacterSet  # empty == absent == default repertoire (module docstring)
     tissue = Code(*_TISSUE)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medsaga", family=codes.cid7162.ArtificialIntelligence, version=__version__,

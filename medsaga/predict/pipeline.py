@@ -20,7 +20,8 @@ import numpy as np
 
 from medsaga.errors import InputError
 from medsaga.io.volume import Volume
-from medsaga.predict.dicom_seg import SEG_TYPES, Segment, dicom_seg_problem, write_dicom_seg
+from medsaga.predict.dicom_seg import (SEG_TYPES, Segment, dicom_seg_problem, dicom_seg_substitutions,
+                                      write_dicom_seg)
 from medsaga.predict.inputs import PredictCase, find_cases
 from medsaga.predict.outputs import CaseOutputs, plan_outputs, write_probabilities
 from medsaga.predict.run import RunConfig, TrainedRun, load_model, read_run_config, verify_checkpoint
@@ -167,6 +168,9 @@ def _write_outputs(config: RunConfig, case: PredictCase, grid: Volume, classes: 
                                       "image_size": str(config.image_size), "run": str(config.run_dir)},
                 device_serial_number=_run_fingerprint(config),
                 series_description=f"medsaga {config.method} prediction"))
+            substitutions = dicom_seg_substitutions(grid)
+            if substitutions is not None:
+                reporter.warning(f"{case.images[0]}: DICOM-SEG for case {case.case_id}: {substitutions}")
         else:
             reporter.warning(f"{case.images[0]}: no DICOM-SEG for case {case.case_id}: {problem}; wrote "
                              f"{plan.nifti.name} only")
