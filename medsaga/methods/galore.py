@@ -50,8 +50,12 @@ class GaLoreOptions(MethodOptions):
     targets: tuple[str, ...] = ("qkv", "proj", "lin1", "lin2")
 
     def __post_init__(self) -> None:
-        # JSON gives lists back; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "targets", tuple(self.targets))
+        # JSON gives lists back, -o gives one string: keep a tuple of layer names.
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        object.__setattr__(self, "targets", targets)
+        unknown = sorted(set(targets) - {"qkv", "proj", "lin1", "lin2"})
+        if not targets or unknown:
+            raise ValueError(f"targets must be among qkv, proj, lin1, lin2; got {list(targets)}")
         if self.rank < 1 or self.update_proj_gap < 1:
             raise ValueError("rank and update_proj_gap must be positive")
         if self.svd not in defaults.SVD_METHODS:

@@ -123,7 +123,19 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (``ru_maxrss`` is in KiB on Linux)."""
+    """Peak resident set size of this process so far.
+
+    ``VmHWM`` from ``/proc/self/status`` rather than ``getrusage``'s ``ru_maxrss``: a child process
+    inherits its parent's ``ru_maxrss``, which would make a benchmark worker report the peak of the
+    process that started it.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

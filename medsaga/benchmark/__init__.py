@@ -1,0 +1,10 @@
+"""``medsaga benchmark``: every tuning method on the same data, each in a fresh process, side by side.
+
+- :mod:`.variants`: the ``--methods`` syntax (methods, options, ``@bf16``/``@ckpt`` flags);
+- :mod:`.slices`: a few real slices, cut once by the parent through finetune's data path;
+- :mod:`.launch` and :mod:`.worker`: one process per entry, printing one JSON record;
+- :mod:`.run`: the parent (checks, workers, ratios, outputs); :mod:`.report`: ratios and tables;
+- :mod:`.chart` and :mod:`.font`: the bar-chart PNG.
+
+Nothing is imported here: ``python -m medsaga.benchmark.launch`` must stay a bare interpreter.
+"""

@@ -1,0 +1,186 @@
+"""``--methods``: which methods the benchmark runs, each possibly with options and memory-saving flags.
+
+Syntax (one string, entries separated by commas)::
+
+    ENTRY   := METHOD[@FLAG]...[:KEY=VALUE[,KEY=VALUE]...]  |  all[@FLAG]...
+    FLAG    := bf16 | ckpt            (bf16 autocast; activation checkpointing of the encoder blocks)
+    VALUE   := true | false | a number | text; a list joins its items with '+' (targets=q+k+v)
+
+Examples::
+
+    all                                   every registered method with its defaults
+    galore,galore:layerwise=true,full     GaLore twice, plain and layer-wise, and the reference
+    full,full@ckpt,full@bf16@ckpt         full fine-tuning with each memory saving, side by side
+    lora:rank=8,alpha=16,decoder          LoRA with two options, then the decoder-only method
+
+A comma-separated piece that is ``KEY=VALUE`` (no colon, no ``@``) continues the options of the
+entry before it; any other piece starts a new entry. Method names never contain ``=``, so this is
+unambiguous. Flags go right after the method name (``full@ckpt:...``), never after an option value.
+``--bf16`` and ``--activation-checkpointing`` add their flag to every entry.
+
+This module only reads the text: whether a method's options are valid is checked by the method
+itself (:func:`medsaga.methods.create_method`), before any measurement starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from medsaga.errors import InputError
+
+FLAGS = ("bf16", "ckpt")
+ALL = "all"
+REFERENCE_METHOD = "full"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmark entry: a method, its options, and the memory-saving flags it runs with.
+
+    Attributes:
+        method: a registered method name (``galore``, ``full``...).
+        options: ``(key, value)`` pairs in the order given; empty means the method's defaults.
+        bf16: run the forward pass under bf16 autocast.
+        checkpointing: recompute the encoder blocks in backward (no effect when the encoder is frozen).
+    """
+
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+    bf16: bool = False
+    checkpointing: bool = False
+
+    @property
+    def label(self) -> str:
+        """The entry as written in the canonical syntax, e.g. ``galore@ckpt:layerwise=true``."""
+        flags = [flag for flag, on in zip(FLAGS, (self.bf16, self.checkpointing)) if on]
+        text = self.method + "".join(f"@{flag}" for flag in flags)
+        if self.options:
+            text += ":" + ",".join(f"{key}={format_value(value)}" for key, value in self.options)
+        return text
+
+    @property
+    def precision(self) -> str:
+        """``"bf16"`` or ``"fp32"``, as :class:`~medsaga.train.loop.LoopSettings` takes it."""
+        return "bf16" if self.bf16 else "fp32"
+
+    def options_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+def parse_variants(text: str, method_names: Sequence[str], *, bf16: bool = False,
+                   checkpointing: bool = False) -> list[Variant]:
+    """Read ``--methods`` (module docstring) into variants, in order, without duplicates.
+
+    ``bf16`` and ``checkpointing`` (the global flags) are switched on in every variant.
+
+    Raises:
+        InputError: an empty entry, an unknown method or flag, an option without an entry to
+            belong to, a malformed ``KEY=VALUE``.
+    """
+    variants: list[Variant] = []
+    # Options of the entry being read; None when the last entry took no options (no colon).
+    open_options: list[tuple[str, Any]] | None = None
+    pieces = [piece.strip() for piece in text.split(",")]
+    if not text.strip():
+        raise InputError("--methods is empty; give method names (or all), e.g. --methods all")
+    for piece in pieces:
+        if not piece:
+            raise InputError(f"--methods {text!r} has an empty entry (two commas, or one at an end)")
+        if _is_continuation(piece):
+            if open_options is None:
+                raise InputError(f"--methods: option {piece!r} follows no method; options come after a method "
+                                 f"and a colon, e.g. galore:{piece}")
+            open_options.append(_parse_option(piece))
+            variants[-1] = replace(variants[-1], options=tuple(open_options))
+            continue
+        head, colon, first_option = piece.partition(":")
+        name, *flags = [part.strip() for part in head.split("@")]
+        unknown_flags = [flag for flag in flags if flag not in FLAGS]
+        if unknown_flags:
+            raise InputError(f"--methods: unknown flag @{unknown_flags[0]} in {piece!r}; flags are "
+                             f"{', '.join('@' + f for f in FLAGS)}")
+        flag_bf16 = bf16 or "bf16" in flags
+        flag_ckpt = checkpointing or "ckpt" in flags
+        if name == ALL:
+            if colon:
+                raise InputError(f"--methods: {piece!r}: 'all' takes flags (all@ckpt) but no options")
+            variants.extend(Variant(method, (), flag_bf16, flag_ckpt) for method in method_names)
+            open_options = None
+            continue
+        if name not in method_names:
+            raise InputError(f"--methods: unknown method {name!r}; choose from {', '.join(method_names)} "
+                             f"or {ALL}")
+        if colon:
+            if "@" in first_option:
+                raise InputError(f"--methods: {piece!r}: flags go right after the method name, "
+                                 f"e.g. {name}@ckpt:{first_option.split('@')[0]}")
+            open_options = [_parse_option(first_option)]
+        else:
+            open_options = None
+        variants.append(Variant(name, tuple(open_options or ()), flag_bf16, flag_ckpt))
+    return _unique(variants)
+
+
+def with_reference(variants: Sequence[Variant], *, bf16: bool = False,
+                   checkpointing: bool = False) -> tuple[list[Variant], Variant, bool]:
+    """The variants with the reference (plain ``full``, with the global flags) included.
+
+    Returns ``(variants, reference, added)``: ``added`` says it was not listed and was appended.
+    """
+    reference = Variant(REFERENCE_METHOD, (), bf16, checkpointing)
+    if reference in variants:
+        return list(variants), reference, False
+    return [*variants, reference], reference, True
+
+
+def parse_value(text: str) -> Any:
+    """``true``/``false`` → bool, then int, then float; ``a+b`` → ``("a", "b")``; else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if "+" in text:
+        # A tuple, not a list: variants are frozen and hashable; the options dataclasses take either.
+        return tuple(part.strip() for part in text.split("+") if part.strip())
+    return text
+
+
+def format_value(value: Any) -> str:
+    """The inverse of :func:`parse_value` for labels: ``True`` → ``true``, lists joined with ``+``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value))
+    return str(value)
+
+
+def _is_continuation(piece: str) -> bool:
+    key = piece.split("=", 1)[0]
+    return "=" in piece and ":" not in key and "@" not in key
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, equals, value = text.partition("=")
+    key, value = key.strip().replace("-", "_"), value.strip()
+    if not equals or not key or not value:
+        raise InputError(f"--methods: option {text!r} is not KEY=VALUE")
+    if "@" in value:
+        raise InputError(f"--methods: option {text!r}: flags go right after the method name "
+                         "(e.g. galore@ckpt:layerwise=true)")
+    return key, parse_value(value)
+
+
+def _unique(variants: list[Variant]) -> list[Variant]:
+    """Drop repeats (``all,full`` names ``full`` twice), keeping the first occurrence."""
+    seen: set[str] = set()
+    kept = []
+    for variant in variants:
+        if variant.label not in seen:
+            seen.add(variant.label)
+            kept.append(variant)
+    return kept

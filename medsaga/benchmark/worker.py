@@ -1,0 +1,207 @@
+"""One benchmark entry, measured in a process of its own: ``python -m medsaga.benchmark.worker SPEC.json``.
+
+Prints exactly one JSON line on stdout (the record, :data:`RECORD_FIELDS`); anything else goes to
+stderr. A process per entry keeps every peak clean: CUDA's allocator statistics, the CPU's peak
+RSS, and whatever a method leaves behind (hooks, wrapped layers) cannot leak into the next one.
+The parent starts it through :mod:`medsaga.benchmark.launch` (see there why).
+
+What it does, through the same code as ``medsaga finetune``:
+
+1. builds SAM with random weights (memory and speed do not depend on the weights' values) and
+   lets the method prepare it (timed apart: SAM-PARSER's SVD takes minutes on vit_b);
+2. trains ``1 + steps`` optimizer steps with :func:`medsaga.train.loop.train` (augmentation on,
+   as in finetune). The first step is a warm-up and is not timed: it allocates the optimizer
+   state and, for GaLore, computes the first projections (refreshed every 200 steps after that);
+   the peak memory and the memory breakdown cover every step, warm-up included;
+3. times inference on the same slices and batch size: ``model.eval()``, ``torch.inference_mode()``,
+   the full forward pass (encoder and decoder), the entry's precision; one warm-up batch, then
+   ``steps`` timed batches.
+
+Exit status 0 with ``"status": "ok"``, or ``"out_of_memory"`` when the device ran out of memory
+(a result, not a failure: that entry does not fit); any other error is a traceback and status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+WARMUP_STEPS = 1
+
+# Every key of a worker's record. Values that an out-of-memory entry never reached are null.
+RECORD_FIELDS = (
+    "label", "method", "options", "encoder_frozen", "precision", "activation_checkpointing",
+    "activation_checkpointing_applied", "status", "error", "device", "model", "image_size", "batch_size",
+    "warmup_steps", "timed_steps", "trainable_parameters", "total_parameters", "peak_memory", "memory",
+    "train_slices_per_second", "train_step_seconds", "inference_slices_per_second", "inference_batch_seconds",
+    "final_loss", "build_seconds", "prepare_seconds", "worker_seconds", "torch_version", "torch_threads",
+)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker measures (written by the parent as JSON).
+
+    Attributes:
+        label: the entry as the user reads it (``galore@ckpt:layerwise=true``).
+        method, options: passed to :func:`medsaga.methods.create_method`.
+        precision: ``fp32`` or ``bf16`` (autocast).
+        activation_checkpointing: recompute encoder blocks in backward.
+        model, image_size, num_classes: the SAM to build (random weights).
+        batch_size: slices per training step and per inference batch.
+        steps: timed training steps and timed inference batches (each after one warm-up).
+        device: ``cpu`` or ``cuda``.
+        seed: model initialisation, batch order, augmentation.
+        slices: the safetensors file of :mod:`medsaga.benchmark.slices`.
+        threads: CPU threads for torch (``None``: torch's default, one per core).
+    """
+
+    label: str
+    method: str
+    options: dict[str, Any]
+    precision: str
+    activation_checkpointing: bool
+    model: str
+    image_size: int
+    num_classes: int
+    batch_size: int
+    steps: int
+    device: str
+    seed: int
+    slices: str
+    threads: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(spec: WorkerSpec) -> dict[str, Any]:
+    """Build, prepare, train and time one entry (module docstring); returns its record."""
+    import torch
+
+    from medsaga.methods import count_parameters, create_method
+    from medsaga.model.build import build_sam
+    from medsaga.model.segmenter import SamSegmenter
+
+    started = time.perf_counter()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    method = create_method(spec.method, spec.options)
+    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record.update(label=spec.label, method=spec.method, options=method.options.to_json(),
+                  encoder_frozen=method.encoder_frozen, precision=spec.precision,
+                  activation_checkpointing=spec.activation_checkpointing,
+                  activation_checkpointing_applied=spec.activation_checkpointing and not method.encoder_frozen,
+                  status="ok", device=str(device), model=spec.model, image_size=spec.image_size,
+                  batch_size=spec.batch_size, warmup_steps=WARMUP_STEPS, timed_steps=spec.steps,
+                  torch_version=torch.__version__, torch_threads=torch.get_num_threads())
+
+    torch.manual_seed(spec.seed)
+    model = SamSegmenter(build_sam(spec.model, num_classes=spec.num_classes, image_size=spec.image_size))
+    # Counted before prepare: SAM-PARSER turns the weights it decomposes into buffers (as finetune).
+    record["total_parameters"] = count_parameters(model)[1]
+    record["build_seconds"] = time.perf_counter() - started
+    prepare_started = time.perf_counter()
+    method.prepare(model)
+    record["prepare_seconds"] = time.perf_counter() - prepare_started
+    record["trainable_parameters"] = count_parameters(model)[0]
+
+    try:
+        _train_and_time(spec, model, method, device, record)
+    except torch.OutOfMemoryError as error:
+        record.update(status="out_of_memory", error=str(error).splitlines()[0])
+    record["worker_seconds"] = time.perf_counter() - started
+    return record
+
+
+def _train_and_time(spec: WorkerSpec, model: Any, method: Any, device: Any, record: dict[str, Any]) -> None:
+    """Fill the record's training and inference figures (see the module docstring)."""
+    from medsaga.benchmark.slices import load_slices
+    from medsaga.train.augment import AugmentSettings, Augmenter
+    from medsaga.train.data import TrainingSlices
+    from medsaga.train.loop import LoopSettings, train
+
+    data = TrainingSlices(load_slices(Path(spec.slices)), spec.image_size)
+    settings = LoopSettings(steps=WARMUP_STEPS + spec.steps, batch_size=spec.batch_size, lr=method.default_lr,
+                            weight_decay=method.default_weight_decay, seed=spec.seed, precision=spec.precision,
+                            activation_checkpointing=spec.activation_checkpointing)
+    observer = _StepTimes(spec.batch_size)
+    # train() writes metrics and a final resumable checkpoint into its run folder: a scratch one.
+    with tempfile.TemporaryDirectory(prefix="medsaga-benchmark-run-") as run_dir:
+        result = train(model, method, data, settings, Path(run_dir), observer,
+                       Augmenter(AugmentSettings(), spec.seed), device=device)
+    timed = observer.seconds[WARMUP_STEPS:]
+    record.update(peak_memory=result.peak_memory, memory=result.memory.to_json(),
+                  train_step_seconds=timed,
+                  train_slices_per_second=spec.batch_size * len(timed) / max(sum(timed), 1e-9),
+                  final_loss=result.final_loss)
+    inference = _time_inference(model, data, spec, device)
+    record.update(inference_batch_seconds=inference,
+                  inference_slices_per_second=spec.batch_size * len(inference) / max(sum(inference), 1e-9))
+
+
+class _StepTimes:
+    """A :class:`~medsaga.train.loop.TrainingObserver` that keeps each step's duration."""
+
+    def __init__(self, slices_per_step: int) -> None:
+        self.seconds: list[float] = []
+        self._slices_per_step = slices_per_step
+
+    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
+        self.seconds.clear()
+
+    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
+        # The loop reports the slices/s of the step just done (slices per step / its seconds).
+        self.seconds.append(self._slices_per_step / max(slices_per_second, 1e-12))
+
+    def on_validation(self, epoch: int, mean_dice: float) -> None:
+        pass
+
+
+def _time_inference(model: Any, data: Any, spec: WorkerSpec, device: Any) -> list[float]:
+    """Seconds of each timed inference batch ``(B, 3, S, S)`` after one warm-up batch."""
+    import torch
+
+    model.eval()
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if spec.precision == "bf16"
+                else contextlib.nullcontext())
+    seconds = []
+    with torch.inference_mode(), autocast:
+        for batch in range(WARMUP_STEPS + spec.steps):
+            positions = [(batch * spec.batch_size + j) % len(data) for j in range(spec.batch_size)]
+            images = data.batch(positions)[0].to(device)
+            _synchronize(device)
+            started = time.perf_counter()
+            model(images)
+            _synchronize(device)
+            if batch >= WARMUP_STEPS:
+                seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _synchronize(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m medsaga.benchmark.worker SPEC.json", file=sys.stderr)
+        return 2
+    spec = WorkerSpec(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    record = measure(spec)
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
