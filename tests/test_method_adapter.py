@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from medsaga.losses import segmentation_loss
 from medsaga.methods import count_parameters, load_trained, save_trained
 from medsaga.methods.adapter import AdapterMethod, AdapterOptions
+from medsaga.methods import adapter_net
 from medsaga.methods.adapter_net import ConvAdapter, ParallelAdaptedEncoder, high_pass
 from tests.method_helpers import synthetic_batch, tiny_segmenter, train_steps
 
@@ -106,6 +108,32 @@ def test_adapter_output_has_the_embedding_shape(size: int) -> None:
     out = adapter(torch.rand(1, 3, size, size))
     assert out.shape == (1, 256, size // 16, size // 16)
     assert out.abs().max() < 1
+
+
+def _adapter_output_grads_and_flops(adapter: ConvAdapter, images: torch.Tensor,
+                                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    adapter.zero_grad()
+    with FlopCounterMode(display=False) as counter:
+        out = adapter(images)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in adapter.named_parameters()}
+    return out.detach(), grads, counter.get_total_flops()
+
+
+def test_the_composed_first_convolution_is_exact_and_cheaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conv(lift(x)) from the 6 input channels: same output and gradients (float64: no rounding
+    to hide a wrong bias or border term), a fraction of the FLOPs."""
+    torch.manual_seed(0)
+    adapter = ConvAdapter(width=64).double()
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    composed = _adapter_output_grads_and_flops(adapter, images)
+    monkeypatch.setattr(adapter_net, "conv_after_pointwise", lambda conv, lift, inputs: conv(lift(inputs)))
+    direct = _adapter_output_grads_and_flops(adapter, images)
+    assert torch.allclose(composed[0], direct[0], rtol=0, atol=1e-12)
+    for name, grad in direct[1].items():
+        assert torch.allclose(composed[1][name], grad, rtol=1e-10, atol=1e-12), name
+    assert composed[2] < 0.5 * direct[2]
 
 
 def test_default_adapter_is_the_reference_shape_on_the_tiny_model() -> None:
