@@ -13,11 +13,13 @@ from medsaga.errors import InputError
 
 # No square brackets: Typer renders help through rich, which would read "[@FLAG]" as markup.
 METHODS_HELP = """Entries to measure, comma-separated. An entry is a method name, then optional flags
-(@bf16: bf16 autocast; @ckpt: activation checkpointing), then optional options after a colon,
-KEY=VALUE separated by commas (the method's own, as in finetune -o; a list joins its items with '+').
-'all' is every method. Examples: all; galore,galore:layerwise=true,full,lora,adapter,decoder;
-full,full@ckpt,full@bf16@ckpt; galore@ckpt:layerwise=true,rank=4,decoder. Plain 'full', the
-reference for the ratios, is added if absent."""
+(@bf16: bf16 autocast; @ckpt: activation checkpointing; @cache: train on cached frozen-encoder
+outputs, as finetune --cache-embeddings on, for decoder and adapter; the cache's build is timed
+apart), then optional options after a colon, KEY=VALUE separated by commas (the method's own, as in
+finetune -o; a list joins its items with '+'). 'all' is every method. Examples: all;
+galore,galore:layerwise=true,full,lora,adapter,decoder; full,full@ckpt,full@bf16@ckpt;
+decoder,decoder@cache,adapter,adapter@cache; galore@ckpt:layerwise=true,rank=4,decoder. Plain
+'full', the reference for the ratios, is added if absent."""
 
 
 def register(app: typer.Typer) -> None:

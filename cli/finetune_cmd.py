@@ -69,6 +69,22 @@ def finetune(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, small rotations and scales, "
                                                                       "intensity jitter."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between resumable checkpoints."),
+    cache_embeddings: str = typer.Option("auto", "--cache-embeddings",
+                                         help="auto, on or off. On: run the frozen part of the encoder once per "
+                                              "training slice and fixed view (--cache-views), keep its outputs in "
+                                              "RAM and train the rest on them, so a step costs decoder time, not "
+                                              "encoder time; augmentation is then those fixed views instead of "
+                                              "fresh draws each step. auto: on for the methods that have a frozen "
+                                              "encoder part (decoder: the whole encoder; adapter: the ViT beside "
+                                              "it) when the run trains on at least as many slices as the cache "
+                                              "holds views (so it saves encoder passes), else off; on is an error "
+                                              "for the other methods."),
+    cache_views: int = typer.Option(4, "--cache-views", help="Fixed views per slice in the cache: view 0 is the "
+                                                             "slice as it is, the others seeded augmentations "
+                                                             "(1 with --no-augment). Build time and memory grow "
+                                                             "with it."),
+    cache_dtype: str = typer.Option("fp32", "--cache-dtype", help="Storage of the cache: fp32, or fp16/bf16 for "
+                                                                  "half the memory (rounded embeddings)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this RUN_DIR from its last "
                                                               "checkpoint."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
@@ -96,7 +112,8 @@ def finetune(
             batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup,
             seed=seed, device=device, precision=precision, activation_checkpointing=activation_checkpointing,
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
-            checkpoint_every=checkpoint_every, force=force), False
+            checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
+            cache_dtype=cache_dtype, force=force), False
     reporter = _Reporter()
     try:
         outcome = run_finetune(options, reporter, resume=resuming)
@@ -138,6 +155,8 @@ def _methods_epilog() -> str:
         fields = dataclasses.fields(method_type.options_type)
         options = ", ".join(f"{f.name}={_default_text(f)}" for f in fields) or "no options"
         frozen = "; encoder frozen" if method_type.encoder_frozen else ""
+        if method_type.encoder_cacheable:
+            frozen += "; frozen encoder part cacheable (--cache-embeddings)"
         lines.append(f"  {method_type.name}: lr {method_type.default_lr:g}{frozen}; {options}. "
                      f"{_first_line(method_type.__doc__)}")
     return "\n\n".join(lines)
@@ -162,6 +181,7 @@ class _Reporter:
         self.progress = None
         self.task = None
         self.reading = None
+        self.caching = None
 
     def info(self, message: str) -> None:
         self.console.print(message, markup=False)
@@ -180,9 +200,23 @@ class _Reporter:
         if done == total:
             self.reading.stop()
 
+    def on_cache_progress(self, done: int, total: int) -> None:
+        # Transient, as the case reading: the info line before it says what is being built.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self.caching is None:
+            self.caching = Progress(TextColumn("building the embedding cache"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), console=self.console, transient=True,
+                                    disable=not self.console.is_terminal)
+            self.caching.start()
+            self.caching_task = self.caching.add_task("", total=total)
+        self.caching.update(self.caching_task, completed=done)
+        if done == total:
+            self.caching.stop()
+
     def close(self) -> None:
         """Stop whatever display is still live (after an error, say)."""
-        for display in (self.reading, self.progress):
+        for display in (self.reading, self.caching, self.progress):
             if display is not None:
                 display.stop()
 
@@ -235,16 +269,22 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
         ("parameters", f"{report['trainable_parameters']:,} trainable; SAM has {report['total_parameters']:,} "
                        f"({100 * report['trainable_parameters'] / max(report['total_parameters'], 1):.2f} %)"),
         (f"peak memory ({peak['kind']})", _mib(peak["peak_above_baseline_bytes"]) + " above the loaded model"),
-        ("  frozen parameters", _mib(memory["frozen_parameters"])),
+        ("  frozen parameters + buffers", _mib(memory["frozen_parameters"])),
         ("  trainable parameters", _mib(memory["trainable_parameters"])),
         ("  gradients (peak alive)", _mib(memory["gradients"])),
         ("  optimizer state", _mib(memory["optimizer_state"])),
         ("  saved activations (peak)", _mib(memory["saved_activations"])),
-        ("  sum of the above", _mib(memory["total"])),
+        ("  sum of the peaks (upper bound)", _mib(memory["sum_of_peaks"])),
         ("throughput", f"{report['slices_per_second']:.2f} slices/s ({report['slices_seen']} slices)"),
         ("wall time", f"{report['wall_seconds']:.1f} s for steps {report['first_step'] + 1}..{report['steps']}"),
         ("final loss", f"{report['final_loss']:.4f}"),
     ]
+    cache = report.get("embedding_cache")
+    if cache:
+        rows.append(("embedding cache", f"{cache['slices']} slices x {cache['views']} views of "
+                                        f"{cache['frozen_module']}: {_mib(cache['bytes'])} ({cache['dtype']}), "
+                                        f"built in {cache['build_seconds']:.1f} s; "
+                                        f"{cache['slices_per_second_including_build']:.2f} slices/s with the build"))
     if report["validation_dice"]:
         dice = [f"{d:.3f}" for d in report["validation_dice"]]
         shown = dice if len(dice) <= 6 else [dice[0], "…", *dice[-4:]]

@@ -55,8 +55,12 @@ def run() -> None:
     """Console-script entry point: the app, with user errors turned into one line and exit 2.
 
     Typer's standalone mode already handles ``--help`` and usage errors (exit 2); an
-    :class:`InputError` raised by a command propagates out of it and is shown here.
+    :class:`InputError` raised by a command propagates out of it and is shown here. glibc's malloc
+    is tuned first (:mod:`medsaga.train.allocator`), before a command allocates anything.
     """
+    from medsaga.train.allocator import tune_malloc
+
+    tune_malloc()
     try:
         app()
     except InputError as error:

@@ -61,6 +61,14 @@ def test_variant_flags_options_and_lists() -> None:
         assert parse_variants(variant.label, NAMES) == [variant]
 
 
+def test_cache_flag() -> None:
+    decoder, adapter = parse_variants("decoder@cache,adapter@bf16@cache:width=32", NAMES)
+    assert decoder == Variant("decoder", cache=True) and decoder.label == "decoder@cache"
+    assert adapter.cache and adapter.bf16 and adapter.label == "adapter@bf16@cache:width=32"
+    assert parse_variants(adapter.label, NAMES) == [adapter]
+    assert [v.label for v in parse_variants("decoder,decoder@cache", NAMES)] == ["decoder", "decoder@cache"]
+
+
 def test_all_global_flags_duplicates_and_the_reference() -> None:
     assert [v.method for v in parse_variants("all", NAMES)] == NAMES
     assert [v.label for v in parse_variants("all,full,galore:rank=4", NAMES)] == [*NAMES, "galore:rank=4"]
@@ -94,7 +102,7 @@ def test_variant_syntax_errors(text: str, fragment: str) -> None:
 
 def _entry(label: str, peak: int, total: int, train: float, infer: float, status: str = "ok") -> dict:
     return {"label": label, "status": status, "peak_memory": {"peak_above_baseline_bytes": peak},
-            "memory": {"total": total}, "train_slices_per_second": train, "inference_slices_per_second": infer}
+            "memory": {"sum_of_peaks": total}, "train_slices_per_second": train, "inference_slices_per_second": infer}
 
 
 def test_ratios_to_full() -> None:
@@ -164,7 +172,9 @@ class _Quiet:
 
 
 @pytest.mark.parametrize("methods, fragment", [("galore,samed", "unknown method 'samed'"),
-                                               ("galore:rnk=4", "bad options for method 'galore'")])
+                                               ("galore:rnk=4", "bad options for method 'galore'"),
+                                               ("decoder@cache,lora@cache", "lora@cache: method 'lora' trains its "
+                                                                            "image encoder")])
 def test_bad_methods_fail_before_any_worker(tmp_path: Path, methods: str, fragment: str) -> None:
     options = BenchmarkOptions(data_dir=SAMPLE, out=tmp_path / "bench", model="tiny", image_size=64, methods=methods)
     with pytest.raises(InputError, match=fragment):
@@ -213,10 +223,12 @@ def test_worker_prints_one_json_line_with_every_field(measured) -> None:
         record = json.loads(lines[0])
         assert set(record) == set(RECORD_FIELDS)
         assert record["status"] == "ok" and record["error"] is None
-        assert all(record[key] is not None for key in RECORD_FIELDS if key != "error"), record
+        assert all(record[key] is not None for key in RECORD_FIELDS if key not in ("error", "embedding_cache")), record
+        assert record["embedding_cache"] is None  # no @cache
         assert set(record["memory"]) == {"frozen_parameters", "trainable_parameters", "gradients",
-                                         "optimizer_state", "saved_activations", "total"}
-        assert record["peak_memory"]["kind"] == "peak RSS"
+                                         "optimizer_state", "saved_activations", "sum_of_peaks"}
+        assert record["peak_memory"]["kind"] == "peak RSS" and record["peak_memory"]["peak_reset_at_baseline"]
+        assert set(record["peak_memory"]["malloc"]) == {"M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"}  # tuned in the worker
         assert record["warmup_steps"] == 1 and len(record["train_step_seconds"]) == 1
         assert len(record["inference_batch_seconds"]) == 1 and record["torch_threads"] == 1
         assert record["train_slices_per_second"] > 0 and record["inference_slices_per_second"] > 0
@@ -234,7 +246,7 @@ def test_outputs_and_ratios(measured) -> None:
     assert document["reference"] == "full"
     assert set(full["ratios_to_reference"].values()) == {1.0}
     ratios = galore["ratios_to_reference"]
-    assert ratios["memory_total"] == pytest.approx(galore["memory"]["total"] / full["memory"]["total"])
+    assert ratios["memory_total"] == pytest.approx(galore["memory"]["sum_of_peaks"] / full["memory"]["sum_of_peaks"])
     assert ratios["train_slices_per_second"] == pytest.approx(
         galore["train_slices_per_second"] / full["train_slices_per_second"])
     written = json.loads((out / JSON_FILE).read_text())
@@ -261,6 +273,23 @@ def test_existing_outputs_need_force(measured) -> None:
     _, _, out = measured
     result = benchmark_cli(SAMPLE, "--model", "tiny", "--methods", "full", "--out", out)
     assert_one_line_error(result, out, "already holds benchmark.json", "--force")
+
+
+def test_worker_with_cache_times_the_steps_on_the_cache_and_the_build_apart(tmp_path: Path) -> None:
+    """In process (no fresh worker): the record of a @cache entry carries the cache's build."""
+    from medsaga.benchmark.worker import WorkerSpec, measure
+
+    stacks = [CaseStack("a", torch.rand(4, 3, 40, 40), torch.randint(0, 3, (4, 40, 40)))]
+    save_slices(stacks, tmp_path / "slices.safetensors")
+    spec = WorkerSpec(label="decoder@cache", method="decoder", options={}, precision="fp32",
+                      activation_checkpointing=False, model="tiny", image_size=64, num_classes=2, batch_size=2,
+                      steps=1, device="cpu", seed=0, slices=str(tmp_path / "slices.safetensors"), cache_views=2)
+    record = measure(spec)
+    assert record["status"] == "ok" and set(record) == set(RECORD_FIELDS)
+    cache = record["embedding_cache"]
+    assert (cache["views"], cache["slices"], cache["frozen_module"]) == (2, 4, "sam.image_encoder")
+    assert cache["build_seconds"] > 0 and cache["bytes"] > 0
+    assert len(record["train_step_seconds"]) == 1 and record["train_slices_per_second"] > 0
 
 
 def test_registry_order_is_the_default() -> None:

@@ -70,7 +70,7 @@ def test_run_folder_holds_what_rebuilds_the_model(tmp_path: Path) -> None:
     report = json.loads((run / "report.json").read_text())
     assert report["steps"] == 6 and report["trainable_parameters"] > 0
     assert set(report["memory"]) >= {"frozen_parameters", "trainable_parameters", "gradients", "optimizer_state",
-                                     "saved_activations", "total"}
+                                     "saved_activations", "sum_of_peaks"}
     assert report["memory"]["saved_activations"] > 0 and report["memory"]["gradients"] > 0
     assert len(report["validation_dice"]) >= 1
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -94,6 +94,50 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
     cut_metrics = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in cut_metrics] == [m["loss"] for m in whole_metrics]
     assert whole.result.final_loss == resumed.result.final_loss
+
+
+def test_cached_run_records_its_cache_and_resumes_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """The decoder on the embedding cache: rebuilt identically on resume, the same steps follow."""
+    options = dict(shots=1, method="decoder", method_options={}, cache_embeddings="on", cache_views=2)
+    whole = finetune(tiny_options(tmp_path / "whole", **options), QuietReporter())
+    with pytest.raises(Interrupt):
+        finetune(tiny_options(tmp_path / "cut", **options), QuietReporter(stop_at=5))
+    resumed = finetune(options_from_run(tmp_path / "cut"), QuietReporter(), resume=True)
+    assert resumed.result.first_step == 3
+    expected = load_file(str(tmp_path / "whole" / "trained.safetensors"))
+    actual = load_file(str(tmp_path / "cut" / "trained.safetensors"))
+    assert expected.keys() == actual.keys() and all(torch.equal(v, actual[k]) for k, v in expected.items())
+    assert whole.result.final_loss == resumed.result.final_loss
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["embedding_cache"] == {"mode": "on", "enabled": True, "views": 2, "dtype": "fp32",
+                                         "frozen_module": "sam.image_encoder"}
+    assert config["training"]["cache_views"] == 2 and config["options"]["cache_embeddings"] == "on"
+    report = json.loads((tmp_path / "whole" / "report.json").read_text())
+    cache = report["embedding_cache"]
+    slices = config["dataset"]["training_slices"]
+    assert (cache["views"], cache["slices"], cache["entries"]) == (2, slices, 2 * slices)
+    assert cache["bytes"] == 2 * slices * (256 * 4 * 4 * 4 + 64 * 64) and cache["build_seconds"] > 0
+    assert 0 < cache["slices_per_second_including_build"] < report["slices_per_second"]
+
+
+def test_cache_options_resolve_per_method_and_fail_before_any_work(tmp_path: Path) -> None:
+    no_augment = finetune(tiny_options(tmp_path / "a", shots=1, steps=1, method="adapter", cache_embeddings="on",
+                                       method_options={"width": 32}, augment=False), QuietReporter())
+    assert no_augment.report["embedding_cache"]["views"] == 1  # one view without augmentation
+    assert no_augment.report["embedding_cache"]["frozen_module"] == "sam.image_encoder.vit"
+    reporter = QuietReporter()
+    short = finetune(tiny_options(tmp_path / "d", shots=1, steps=1, method="decoder", method_options={}), reporter)
+    assert short.report["embedding_cache"] is None and not short.report["cache_embeddings"]  # auto: too short
+    assert any("embedding cache off (auto)" in message for message in reporter.messages)
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["embedding_cache"]["enabled"] is False and config["training"]["cache_views"] == 0
+    for changes, fragment in [({"cache_embeddings": "on"}, "method 'galore' trains its image encoder"),
+                              ({"cache_embeddings": "yes"}, "must be auto, on or off"),
+                              ({"method": "decoder", "method_options": {}, "cache_views": 0}, "at least 1"),
+                              ({"method": "decoder", "method_options": {}, "cache_dtype": "fp8"}, "fp32, fp16, bf16")]:
+        with pytest.raises(InputError, match=fragment):
+            finetune(tiny_options(tmp_path / "bad", **changes), QuietReporter())
+        assert not (tmp_path / "bad").exists()
 
 
 def test_existing_run_folder_needs_force_and_only_a_run_is_replaced(tmp_path: Path) -> None:
@@ -147,6 +191,8 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path: Path) -> None:
     assert "no label maps" in _cli_error(tmp_path, unlabelled, "--shots", "1", *common)
     undeclared = make_nnunet(tmp_path / "undeclared", n_cases=1, labels={"background": 0, "organ": 1})
     assert "label values [2] are not declared" in _cli_error(tmp_path, undeclared, "--shots", "1", *common)
+    assert "--cache-embeddings on: method 'lora' trains its image encoder" in _cli_error(
+        tmp_path, SAMPLE, "--method", "lora", "--cache-embeddings", "on", *common)
     fake = tmp_path / "sam_vit_b_01ec64.pth"
     torch.save({"encoder.weight": torch.zeros(3)}, fake)
     line = _cli_error(tmp_path, SAMPLE, "--shots", "1", "--checkpoint", fake, "--out", out)

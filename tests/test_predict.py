@@ -143,6 +143,46 @@ def test_bf16_autocast_gives_nearly_the_fp32_labels(trained: Trained) -> None:
     assert np.mean(fp32.classes.array == bf16.classes.array) > 0.9
 
 
+def _assert_same_prediction(fast, sam) -> None:
+    """Probabilities within 1e-4; labels equal except where two classes tie within that."""
+    assert np.abs(fast.probabilities - sam.probabilities).max() < 1e-4
+    top_two = np.sort(sam.probabilities, axis=-1)[..., -2:]
+    differ = fast.classes.array != sam.classes.array
+    assert np.all(top_two[..., 1][differ] - top_two[..., 0][differ] < 1e-4)
+
+
+def test_fast_encoder_attention_predicts_as_sams(trained: Trained, tmp_path: Path) -> None:
+    """segment_case (hence predict) runs the exact fast encoder attention by default; SAM's own on request."""
+    from medsaga.model.fast_attention import is_sped_up
+
+    volume = read_volume(SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz")
+    run = load_run(trained.run, "cpu")
+    encoder = run.model.sam.image_encoder
+    assert not is_sped_up(encoder)  # loading leaves SAM's classes: the choice is segment_case's
+    sam = segment_case(run, volume, probabilities=True, fast_encoder=False)
+    assert not is_sped_up(encoder)
+    fast = segment_case(run, volume, probabilities=True)
+    assert is_sped_up(encoder)
+    _assert_same_prediction(fast, sam)
+    assert run.model.state_dict().keys() == trained.state.keys()  # nothing renamed by the swap
+    outcome, _ = run_predict(trained.run, [SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz"], tmp_path / "out")
+    assert is_sped_up(outcome.run.model.sam.image_encoder)
+
+
+def test_fast_encoder_attention_with_conv_lora_keeps_sams_padded_windows(tmp_path: Path) -> None:
+    """Conv-LoRA's experts convolve across each padded window: its blocks fall back, still exact."""
+    from medsaga.model.fast_attention import FastAttention, is_tokenwise
+
+    train_tiny(tmp_path / "run", method="conv-lora", lr=1e-2)
+    volume = read_volume(SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz")
+    run = load_run(tmp_path / "run", "cpu")
+    sam = segment_case(run, volume, probabilities=True, fast_encoder=False)
+    fast = segment_case(run, volume, probabilities=True)
+    windowed = run.model.sam.image_encoder.blocks[0].attn
+    assert isinstance(windowed, FastAttention) and not is_tokenwise(windowed.qkv)
+    _assert_same_prediction(fast, sam)
+
+
 # ---------------------------------------------------------------------------------------------
 # Outputs on the input's grid
 

@@ -1,8 +1,9 @@
 """``medsaga benchmark``: every tuning method on the same data, each in a fresh process, side by side.
 
-- :mod:`.variants`: the ``--methods`` syntax (methods, options, ``@bf16``/``@ckpt`` flags);
+- :mod:`.variants`: the ``--methods`` syntax (methods, options, ``@bf16``/``@ckpt``/``@cache`` flags);
 - :mod:`.slices`: a few real slices, cut once by the parent through finetune's data path;
 - :mod:`.launch` and :mod:`.worker`: one process per entry, printing one JSON record;
+- :mod:`.flops`: the encoder's FLOPs and the matmul peaks its rate is held against;
 - :mod:`.run`: the parent (checks, workers, ratios, outputs); :mod:`.report`: ratios and tables;
 - :mod:`.chart` and :mod:`.font`: the bar-chart PNG.
 

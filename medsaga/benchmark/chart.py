@@ -3,7 +3,8 @@
 1. peak memory (device-specific: CUDA max allocated, or CPU peak RSS above the loaded model);
 2. the device-independent breakdown as stacked bars: frozen parameters, trainable parameters,
    gradients, optimizer state, saved activations (a legend strip names the colours);
-3. training and inference slices per second, two bars per entry.
+3. slices per second, three bars per entry: training, inference (the encoder's exact fast
+   attention, as ``medsaga predict`` runs it) and inference with segment-anything's own attention.
 
 Each chart has its own scale (its largest value spans the bar area) and prints every value, with
 its ratio to the reference, at the end of the bar, so the picture reads on its own. Labels use
@@ -26,14 +27,14 @@ BAR_WIDTH = 520
 ROW = 26  # pixels per entry in the memory charts
 BAR = 18
 THROUGHPUT_BAR = 18  # as tall as a line of text, so the two values of a row do not overlap
-THROUGHPUT_ROW = 2 * THROUGHPUT_BAR + 8
+THROUGHPUT_ROW = 3 * THROUGHPUT_BAR + 10
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
 MUTED = (110, 110, 110)
 AXIS = (160, 160, 160)
 PEAK_COLOUR = (68, 68, 110)
 BREAKDOWN: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
-    ("frozen_parameters", "frozen params", (185, 185, 185)),
+    ("frozen_parameters", "frozen + buffers", (185, 185, 185)),
     ("trainable_parameters", "trainable params", (0, 114, 178)),
     ("gradients", "gradients", (230, 159, 0)),
     ("optimizer_state", "optimizer state", (213, 94, 0)),
@@ -41,6 +42,12 @@ BREAKDOWN: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
 )
 TRAIN_COLOUR = (0, 114, 178)
 INFERENCE_COLOUR = (86, 180, 233)
+SAM_INFERENCE_COLOUR = (204, 121, 167)
+THROUGHPUTS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
+    ("train_slices_per_second", "training", TRAIN_COLOUR),
+    ("inference_slices_per_second", "inference", INFERENCE_COLOUR),
+    ("inference_sam_slices_per_second", "inference, SAM attention", SAM_INFERENCE_COLOUR),
+)
 
 
 def render_chart(document: dict[str, Any]) -> np.ndarray:
@@ -76,13 +83,13 @@ def render_chart(document: dict[str, Any]) -> np.ndarray:
     for entry in entries:
         memory = entry.get("memory") if entry.get("status") == "ok" else None
         segments.append([((memory or {}).get(key, 0), colour) for key, _, colour in BREAKDOWN])
-        notes.append(_with_ratio(f"{mib((memory or {}).get('total'))} MiB", entry, "memory_total"))
+        notes.append(_with_ratio(f"{mib((memory or {}).get('sum_of_peaks'))} MiB", entry, "memory_total"))
     canvas.bars(entries, segments, notes)
     canvas.skip(line // 2)
 
     canvas.text("Throughput, slices/s (same batch size)", INK)
-    canvas.legend([("training", TRAIN_COLOUR), ("inference", INFERENCE_COLOUR)])
-    canvas.paired_bars(entries, "train_slices_per_second", "inference_slices_per_second")
+    canvas.legend([(name, colour) for _, name, colour in THROUGHPUTS])
+    canvas.grouped_bars(entries, [(key, colour) for key, _, colour in THROUGHPUTS])
     return _crop(image[:canvas.y + MARGIN])
 
 
@@ -133,10 +140,10 @@ class _Canvas:
             self.y += ROW
         self._axis(top)
 
-    def paired_bars(self, entries: list[dict[str, Any]], first: str, second: str) -> None:
-        """Two bars per entry (training above inference), one scale for both."""
+    def grouped_bars(self, entries: list[dict[str, Any]], figures: list[tuple[str, tuple[int, int, int]]]) -> None:
+        """One bar per figure (record key, colour) per entry, top to bottom, all on one scale."""
         ok = [entry for entry in entries if entry.get("status") == "ok"]
-        largest = max((entry.get(key) or 0 for entry in ok for key in (first, second)), default=0) or 1
+        largest = max((entry.get(key) or 0 for entry in ok for key, _ in figures), default=0) or 1
         top = self.y
         for entry in entries:
             self._label(entry, self.y + (THROUGHPUT_ROW - text_height(SCALE)) // 2)
@@ -145,9 +152,9 @@ class _Canvas:
                 draw_text(self.image, status, self.value_left, self.y + (THROUGHPUT_ROW - text_height(SCALE)) // 2,
                           INK, SCALE)
             else:
-                for offset, key, colour in ((3, first, TRAIN_COLOUR), (5 + THROUGHPUT_BAR, second, INFERENCE_COLOUR)):
+                for index, (key, colour) in enumerate(figures):
                     value = entry.get(key) or 0
-                    bar_top = self.y + offset
+                    bar_top = self.y + 3 + index * (THROUGHPUT_BAR + 2)
                     self.image[bar_top:bar_top + THROUGHPUT_BAR,
                                self.bar_left:self.bar_left + round(BAR_WIDTH * value / largest)] = colour
                     draw_text(self.image, _with_ratio(rate(entry.get(key)), entry, key), self.value_left, bar_top,

@@ -16,7 +16,7 @@ MIB = 2**20
 # ratio name -> how to read the figure from a worker record (None when it is missing)
 RATIO_FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "peak_memory": lambda entry: (entry.get("peak_memory") or {}).get("peak_above_baseline_bytes"),
-    "memory_total": lambda entry: (entry.get("memory") or {}).get("total"),
+    "memory_total": lambda entry: (entry.get("memory") or {}).get("sum_of_peaks"),
     "train_slices_per_second": lambda entry: entry.get("train_slices_per_second"),
     "inference_slices_per_second": lambda entry: entry.get("inference_slices_per_second"),
 }
@@ -51,6 +51,17 @@ def rate(value: float | None) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:,.0f}"
 
 
+def percent(value: float | None) -> str:
+    """A fraction as ``62%``; ``-`` when missing."""
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def peak_shares(entry: dict[str, Any]) -> str:
+    """The fast encoder's GFLOP/s as shares of the fp32 and bf16 matmul peaks: ``41% / 181%``."""
+    shares = entry.get("encoder_fraction_of_peak") or {}
+    return f"{percent(shares.get('fp32'))} / {percent(shares.get('bf16'))}"
+
+
 def parameters(value: int | None) -> str:
     """``93.6 M`` / ``147 k``."""
     if value is None:
@@ -81,11 +92,14 @@ def table_columns(document: dict[str, Any]) -> list[tuple[str, Callable[[dict[st
         ("grads", memory("gradients")),
         ("optim", memory("optimizer_state")),
         ("activ.", memory("saved_activations")),
-        ("sum MiB", lambda entry: with_ratio(mib((entry.get("memory") or {}).get("total")), entry, "memory_total")),
+        ("sum MiB", lambda entry: with_ratio(mib((entry.get("memory") or {}).get("sum_of_peaks")), entry, "memory_total")),
         ("train sl/s", lambda entry: with_ratio(rate(entry.get("train_slices_per_second")), entry,
                                                 "train_slices_per_second")),
         ("infer sl/s", lambda entry: with_ratio(rate(entry.get("inference_slices_per_second")), entry,
                                                 "inference_slices_per_second")),
+        ("SAM sl/s", lambda entry: rate(entry.get("inference_sam_slices_per_second"))),
+        ("enc GF/s", lambda entry: rate(entry.get("encoder_gflops_per_second"))),
+        ("% peak fp32 / bf16", peak_shares),
     ]
 
 
@@ -108,7 +122,10 @@ def caption(document: dict[str, Any]) -> str:
             f"frozen/trained/grads/optim/activ.: bytes of frozen parameters, trainable parameters, "
             f"gradients (most alive at once), optimizer state, activations saved for backward "
             f"(device-independent); sum: their total. (×) ratio to {document['reference']}. "
-            f"sl/s: slices per second.")
+            f"sl/s: slices per second; infer: inference with the encoder's exact fast attention (as medsaga "
+            f"predict), SAM: with segment-anything's own. enc GF/s: the image encoder's FLOPs (counted, no work on "
+            f"window padding) per second of its time in the fast inference; % peak: that rate as a share of a large "
+            f"square matmul's GFLOP/s in fp32 and in bf16, measured in the same worker process.")
 
 
 def markdown_table(document: dict[str, Any]) -> str:

@@ -121,6 +121,7 @@ def run_benchmark(options: BenchmarkOptions, reporter: BenchmarkReporter, *,
 def _plan(options: BenchmarkOptions) -> _Plan:
     """Every check that needs no data: sizes, counts, device, the --methods text and each method's options."""
     from medsaga.methods import create_method, method_names
+    from medsaga.methods.registry import method_classes
     from medsaga.model.build import check_image_size, encoder_spec
     from medsaga.train.finetune import resolve_device
 
@@ -137,12 +138,24 @@ def _plan(options: BenchmarkOptions) -> _Plan:
                                                 checkpointing=options.activation_checkpointing)
     # Each method checks its own options here (a bad one fails now, not in a worker).
     methods = [create_method(variant.method, variant.options_dict()) for variant in variants]
+    for variant, method in zip(variants, methods):
+        if variant.cache and not method.encoder_cacheable:
+            cacheable = [method_type.name for method_type in method_classes() if method_type.encoder_cacheable]
+            raise InputError(f"--methods: {variant.label}: method {method.name!r} trains its image encoder, so there "
+                             f"is no frozen encoder output to cache (@cache fits {', '.join(cacheable)})")
     notes = [f"added {reference.label} as the reference the ratios are computed against"] if added else []
     idle = [variant.label for variant, method in zip(variants, methods)
             if variant.checkpointing and method.encoder_frozen]
     if idle:
         notes.append(f"activation checkpointing has no effect on {', '.join(idle)}: the encoder runs without "
                      "gradients there, so it stores no activations to recompute")
+    cached = [variant.label for variant in variants if variant.cache]
+    if cached:
+        from medsaga.train.embedding_cache import DEFAULT_VIEWS
+
+        notes.append(f"{', '.join(cached)}: the timed steps train on a cache of {DEFAULT_VIEWS} fixed views per "
+                     "slice; the cache's build (its frozen-encoder passes) is timed apart, as "
+                     "embedding_cache.build_seconds in the JSON")
     return _Plan(variants, reference, device, notes)
 
 
@@ -150,6 +163,7 @@ def _measure(options: BenchmarkOptions, plan: _Plan, stacks: list[Any], num_clas
              reporter: BenchmarkReporter, run_command: CommandRunner) -> list[dict[str, Any]]:
     """One worker per entry, in order, on the same slices; their records."""
     from medsaga.benchmark.slices import save_slices
+    from medsaga.train.embedding_cache import DEFAULT_VIEWS
 
     entries = []
     with tempfile.TemporaryDirectory(prefix="medsaga-benchmark-") as scratch:
@@ -160,7 +174,8 @@ def _measure(options: BenchmarkOptions, plan: _Plan, stacks: list[Any], num_clas
                               precision=variant.precision, activation_checkpointing=variant.checkpointing,
                               model=options.model, image_size=options.image_size, num_classes=num_classes,
                               batch_size=options.batch_size, steps=options.steps, device=plan.device.type,
-                              seed=options.seed, slices=str(slices_path), threads=options.threads)
+                              seed=options.seed, slices=str(slices_path), threads=options.threads,
+                              cache_views=DEFAULT_VIEWS if variant.cache else 0)
             reporter.on_entry_start(index, len(plan.variants), variant.label)
             record = _run_worker(spec, Path(scratch) / f"spec-{index}.json", run_command)
             entries.append(record)

@@ -3,7 +3,9 @@
 Syntax (one string, entries separated by commas)::
 
     ENTRY   := METHOD[@FLAG]...[:KEY=VALUE[,KEY=VALUE]...]  |  all[@FLAG]...
-    FLAG    := bf16 | ckpt            (bf16 autocast; activation checkpointing of the encoder blocks)
+    FLAG    := bf16 | ckpt | cache    (bf16 autocast; activation checkpointing of the encoder blocks;
+                                       training on cached frozen-encoder outputs, for the methods
+                                       that have a frozen encoder part: decoder, adapter)
     VALUE   := true | false | a number | text; a list joins its items with '+' (targets=q+k+v)
 
 Examples::
@@ -11,6 +13,7 @@ Examples::
     all                                   every registered method with its defaults
     galore,galore:layerwise=true,full     GaLore twice, plain and layer-wise, and the reference
     full,full@ckpt,full@bf16@ckpt         full fine-tuning with each memory saving, side by side
+    decoder,decoder@cache,adapter@cache   what the embedding cache does to the decoder's speed
     lora:rank=8,alpha=16,decoder          LoRA with two options, then the decoder-only method
 
 A comma-separated piece that is ``KEY=VALUE`` (no colon, no ``@``) continues the options of the
@@ -30,7 +33,7 @@ from typing import Any
 
 from medsaga.errors import InputError
 
-FLAGS = ("bf16", "ckpt")
+FLAGS = ("bf16", "ckpt", "cache")
 ALL = "all"
 REFERENCE_METHOD = "full"
 
@@ -44,17 +47,20 @@ class Variant:
         options: ``(key, value)`` pairs in the order given; empty means the method's defaults.
         bf16: run the forward pass under bf16 autocast.
         checkpointing: recompute the encoder blocks in backward (no effect when the encoder is frozen).
+        cache: train on the embedding cache (:mod:`medsaga.train.embedding_cache`): the timed steps
+            read cached frozen-encoder outputs; the cache's build is timed apart.
     """
 
     method: str
     options: tuple[tuple[str, Any], ...] = ()
     bf16: bool = False
     checkpointing: bool = False
+    cache: bool = False
 
     @property
     def label(self) -> str:
         """The entry as written in the canonical syntax, e.g. ``galore@ckpt:layerwise=true``."""
-        flags = [flag for flag, on in zip(FLAGS, (self.bf16, self.checkpointing)) if on]
+        flags = [flag for flag, on in zip(FLAGS, (self.bf16, self.checkpointing, self.cache)) if on]
         text = self.method + "".join(f"@{flag}" for flag in flags)
         if self.options:
             text += ":" + ",".join(f"{key}={format_value(value)}" for key, value in self.options)
@@ -103,10 +109,11 @@ def parse_variants(text: str, method_names: Sequence[str], *, bf16: bool = False
                              f"{', '.join('@' + f for f in FLAGS)}")
         flag_bf16 = bf16 or "bf16" in flags
         flag_ckpt = checkpointing or "ckpt" in flags
+        flag_cache = "cache" in flags
         if name == ALL:
             if colon:
                 raise InputError(f"--methods: {piece!r}: 'all' takes flags (all@ckpt) but no options")
-            variants.extend(Variant(method, (), flag_bf16, flag_ckpt) for method in method_names)
+            variants.extend(Variant(method, (), flag_bf16, flag_ckpt, flag_cache) for method in method_names)
             open_options = None
             continue
         if name not in method_names:
@@ -119,7 +126,7 @@ def parse_variants(text: str, method_names: Sequence[str], *, bf16: bool = False
             open_options = [_parse_option(first_option)]
         else:
             open_options = None
-        variants.append(Variant(name, tuple(open_options or ()), flag_bf16, flag_ckpt))
+        variants.append(Variant(name, tuple(open_options or ()), flag_bf16, flag_ckpt, flag_cache))
     return _unique(variants)
 
 

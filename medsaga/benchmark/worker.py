@@ -12,10 +12,14 @@ What it does, through the same code as ``medsaga finetune``:
 2. trains ``1 + steps`` optimizer steps with :func:`medsaga.train.loop.train` (augmentation on,
    as in finetune). The first step is a warm-up and is not timed: it allocates the optimizer
    state and, for GaLore, computes the first projections (refreshed every 200 steps after that);
-   the peak memory and the memory breakdown cover every step, warm-up included;
+   the peak memory and the memory breakdown cover every step, warm-up included. With ``@cache``
+   the loop first builds the embedding cache (timed apart: ``embedding_cache.build_seconds``) and
+   every step, warm-up and timed, trains on it;
 3. times inference on the same slices and batch size: ``model.eval()``, ``torch.inference_mode()``,
    the full forward pass (encoder and decoder), the entry's precision; one warm-up batch, then
-   ``steps`` timed batches.
+   ``steps`` timed batches, each run with the encoder's exact fast attention (as ``medsaga
+   predict``) and with SAM's own; then the encoder's FLOPs, its achieved GFLOP/s and the fp32 and
+   bf16 matmul peaks of this process (see :func:`_time_inference`).
 
 Exit status 0 with ``"status": "ok"``, or ``"out_of_memory"`` when the device ran out of memory
 (a result, not a failure: that entry does not fit); any other error is a traceback and status 1.
@@ -41,6 +45,12 @@ RECORD_FIELDS = (
     "warmup_steps", "timed_steps", "trainable_parameters", "total_parameters", "peak_memory", "memory",
     "train_slices_per_second", "train_step_seconds", "inference_slices_per_second", "inference_batch_seconds",
     "final_loss", "build_seconds", "prepare_seconds", "worker_seconds", "torch_version", "torch_threads",
+    # Inference with SAM's own encoder attention (inference_* above: the exact fast one, as predict
+    # runs it), the encoder's counted FLOPs and achieved rate, and the matmul peaks of this process.
+    "inference_sam_slices_per_second", "inference_sam_batch_seconds", "encoder_flops_per_slice",
+    "encoder_gflops_per_second", "encoder_sam_gflops_per_second", "matmul_peak_gflops_per_second",
+    "encoder_fraction_of_peak",
+    "embedding_cache",  # null unless the entry trains on the cache (@cache): then its views, bytes, build_seconds
 )
 
 
@@ -60,6 +70,8 @@ class WorkerSpec:
         seed: model initialisation, batch order, augmentation.
         slices: the safetensors file of :mod:`medsaga.benchmark.slices`.
         threads: CPU threads for torch (``None``: torch's default, one per core).
+        cache_views: 0, or train on the embedding cache with this many fixed views per slice
+            (built before the warm-up step and timed apart: the timed steps read the cache).
     """
 
     label: str
@@ -76,6 +88,7 @@ class WorkerSpec:
     seed: int
     slices: str
     threads: int | None = None
+    cache_views: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +144,7 @@ def _train_and_time(spec: WorkerSpec, model: Any, method: Any, device: Any, reco
     data = TrainingSlices(load_slices(Path(spec.slices)), spec.image_size)
     settings = LoopSettings(steps=WARMUP_STEPS + spec.steps, batch_size=spec.batch_size, lr=method.default_lr,
                             weight_decay=method.default_weight_decay, seed=spec.seed, precision=spec.precision,
-                            activation_checkpointing=spec.activation_checkpointing)
+                            activation_checkpointing=spec.activation_checkpointing, cache_views=spec.cache_views)
     observer = _StepTimes(spec.batch_size)
     # train() writes metrics and a final resumable checkpoint into its run folder: a scratch one.
     with tempfile.TemporaryDirectory(prefix="medsaga-benchmark-run-") as run_dir:
@@ -141,10 +154,8 @@ def _train_and_time(spec: WorkerSpec, model: Any, method: Any, device: Any, reco
     record.update(peak_memory=result.peak_memory, memory=result.memory.to_json(),
                   train_step_seconds=timed,
                   train_slices_per_second=spec.batch_size * len(timed) / max(sum(timed), 1e-9),
-                  final_loss=result.final_loss)
-    inference = _time_inference(model, data, spec, device)
-    record.update(inference_batch_seconds=inference,
-                  inference_slices_per_second=spec.batch_size * len(inference) / max(sum(inference), 1e-9))
+                  final_loss=result.final_loss, embedding_cache=result.embedding_cache)
+    record.update(_time_inference(model, data, spec, device))
 
 
 class _StepTimes:
@@ -165,38 +176,101 @@ class _StepTimes:
         pass
 
 
-def _time_inference(model: Any, data: Any, spec: WorkerSpec, device: Any) -> list[float]:
-    """Seconds of each timed inference batch ``(B, 3, S, S)`` after one warm-up batch."""
+def _time_inference(model: Any, data: Any, spec: WorkerSpec, device: Any) -> dict[str, Any]:
+    """The record's inference figures: each timed batch ``(B, 3, S, S)``, after one warm-up batch,
+    with the encoder's exact fast attention (:mod:`medsaga.model.fast_attention`, what ``medsaga
+    predict`` runs) and with SAM's own, alternately on the same images, so both see the same load.
+
+    Also: the encoder's FLOPs per slice (counted on the fast encoder: the work the output needs,
+    none on window padding), its achieved GFLOP/s (those FLOPs over the encoder's own time inside
+    the timed batches, taken by forward hooks) and, measured right after in this same process,
+    the fp32 and bf16 matmul peaks (:func:`medsaga.benchmark.flops.measure_matmul_peaks`) and the
+    fast encoder's rate as a share of each. The encoder is left as it came (fast or SAM's).
+    """
     import torch
+
+    from medsaga.benchmark.flops import count_flops, fractions_of_peak, measure_matmul_peaks, synchronize
+    from medsaga.model.fast_attention import is_sped_up, restore_encoder, speed_up_encoder
 
     model.eval()
+    encoder = model.sam.image_encoder
+    came_fast = is_sped_up(encoder)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if spec.precision == "bf16"
                 else contextlib.nullcontext())
-    seconds = []
-    with torch.inference_mode(), autocast:
-        for batch in range(WARMUP_STEPS + spec.steps):
-            positions = [(batch * spec.batch_size + j) % len(data) for j in range(spec.batch_size)]
-            images = data.batch(positions)[0].to(device)
-            _synchronize(device)
-            started = time.perf_counter()
-            model(images)
-            _synchronize(device)
-            if batch >= WARMUP_STEPS:
-                seconds.append(time.perf_counter() - started)
-    return seconds
+    switches = {"fast": speed_up_encoder, "sam": restore_encoder}
+    batch_seconds: dict[str, list[float]] = {name: [] for name in switches}
+    encoder_seconds: dict[str, list[float]] = {name: [] for name in switches}
+    timer = _ForwardTimer(encoder, device)
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in range(WARMUP_STEPS + spec.steps):
+                positions = [(batch * spec.batch_size + j) % len(data) for j in range(spec.batch_size)]
+                images = data.batch(positions)[0].to(device)
+                for name, switch in switches.items():
+                    switch(encoder)
+                    synchronize(device)
+                    started = time.perf_counter()
+                    model(images)
+                    synchronize(device)
+                    if batch >= WARMUP_STEPS:
+                        batch_seconds[name].append(time.perf_counter() - started)
+                        encoder_seconds[name].append(timer.seconds)
+        speed_up_encoder(encoder)
+        with torch.inference_mode():  # FLOPs do not depend on the dtype: counted in fp32
+            flops = count_flops(encoder, model.normalize(images[:1]))
+    finally:
+        timer.remove()
+        (speed_up_encoder if came_fast else restore_encoder)(encoder)
+    peaks = measure_matmul_peaks(device)
+
+    def per_second(amount: float, seconds: list[float]) -> float:
+        return amount * len(seconds) / max(sum(seconds), 1e-9)
+
+    encoder_rate = per_second(flops * spec.batch_size / 1e9, encoder_seconds["fast"])
+    return {
+        "inference_batch_seconds": batch_seconds["fast"],
+        "inference_slices_per_second": per_second(spec.batch_size, batch_seconds["fast"]),
+        "inference_sam_batch_seconds": batch_seconds["sam"],
+        "inference_sam_slices_per_second": per_second(spec.batch_size, batch_seconds["sam"]),
+        "encoder_flops_per_slice": flops,
+        "encoder_gflops_per_second": encoder_rate,
+        "encoder_sam_gflops_per_second": per_second(flops * spec.batch_size / 1e9, encoder_seconds["sam"]),
+        "matmul_peak_gflops_per_second": peaks,
+        "encoder_fraction_of_peak": fractions_of_peak(encoder_rate, peaks),
+    }
 
 
-def _synchronize(device: Any) -> None:
-    import torch
+class _ForwardTimer:
+    """Wall time of a module's latest forward, from forward hooks (synchronised on CUDA)."""
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    def __init__(self, module: Any, device: Any) -> None:
+        from medsaga.benchmark.flops import synchronize
+
+        self.seconds = 0.0
+        self._started = 0.0
+
+        def before(*_: Any) -> None:
+            synchronize(device)
+            self._started = time.perf_counter()
+
+        def after(*_: Any) -> None:
+            synchronize(device)
+            self.seconds = time.perf_counter() - self._started
+
+        self._handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m medsaga.benchmark.worker SPEC.json", file=sys.stderr)
         return 2
+    from medsaga.train.allocator import tune_malloc
+
+    tune_malloc()  # before any tensor: the peak RSS is then the tensors', not glibc's kept heap
     spec = WorkerSpec(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     record = measure(spec)
     print(json.dumps(record), flush=True)

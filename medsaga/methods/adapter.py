@@ -17,9 +17,13 @@ How it fits the method interface (one choice, and why):
 * ``encoder_frozen`` is therefore **False**: the loop simply calls ``model(images)`` and needs no
   branch on the method. If it were True, the loop would run the adapter under ``no_grad`` and it
   would never learn. The memory guarantee does not depend on the loop: the no-grad region lives
-  inside the encoder itself. The flip side: "the encoder's outputs can be cached" does not apply,
-  since the adapter's term depends on the image and changes every step (only the ViT's half could
-  be cached, which the interface does not express).
+  inside the encoder itself.
+* The ViT's half *is* cacheable (``encoder_cacheable``): :meth:`AdapterMethod.frozen_encoder` is
+  ``sam.image_encoder.vit``, whose output depends on the image alone, and
+  :meth:`AdapterMethod.forward_from_frozen` finishes the pass from that output and the image
+  (``cache_needs_images``): ``decode(vit_embedding + scale * adapter(normalize(image)))``, the same
+  :meth:`~medsaga.methods.adapter_net.ParallelAdaptedEncoder.adapt` that ``forward`` uses. With the
+  embedding cache a training step then costs the adapter and the decoder, not the ViT.
 * The adapter reads the *normalised* SAM input, because that is what the image encoder is handed
   (the reference divides each raw channel by its maximum instead). Its high-pass component is the
   [0, 1] image's high-pass times ``255 / pixel_std``: the mean is a DC term and is filtered out.
@@ -92,6 +96,8 @@ class AdapterMethod(TuningMethod):
     options_type = AdapterOptions
     default_lr = 2e-4
     encoder_frozen = False  # the adapter needs gradients; the ViT's no_grad is inside the encoder
+    encoder_cacheable = True  # ... but the ViT's output can be cached (module docstring)
+    cache_needs_images = True  # the adapter reads the (augmented) image every step
 
     def prepare(self, model: nn.Module) -> None:
         freeze(model)
@@ -113,11 +119,29 @@ class AdapterMethod(TuningMethod):
         """The adapter's BatchNorm buffers (running mean/var, batch count)."""
         return _adapter_buffers(model)
 
+    def frozen_encoder(self, model: nn.Module) -> nn.Module:
+        """The frozen ViT beside the adapter (its output is the cacheable half of the encoder's)."""
+        return _adapted_encoder(model).vit
 
-def _adapter_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's persistent buffers (BatchNorm statistics) by their name in ``model``."""
+    def forward_from_frozen(self, model: nn.Module, frozen_output: torch.Tensor,
+                            images: torch.Tensor | None) -> torch.Tensor:
+        """``decode(vit_embedding + scale * adapter(normalize(images)))``: ``model(images)`` with the
+        ViT's output given (cached) instead of computed."""
+        if images is None:
+            raise ValueError("the adapter reads the image: forward_from_frozen needs it")
+        embedding = _adapted_encoder(model).adapt(frozen_output, model.normalize(images))  # type: ignore[operator]
+        return model.decode(embedding)  # type: ignore[operator, no-any-return]
+
+
+def _adapted_encoder(model: nn.Module) -> ParallelAdaptedEncoder:
     encoder = image_encoder(model)
     if not isinstance(encoder, ParallelAdaptedEncoder):
         raise ValueError("the model has no convolutional adapter: call prepare first")
+    return encoder
+
+
+def _adapter_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's persistent buffers (BatchNorm statistics) by their name in ``model``."""
+    encoder = _adapted_encoder(model)
     prefix = next(name for name, module in model.named_modules() if module is encoder.adapter)
     return {f"{prefix}.{name}": buffer for name, buffer in encoder.adapter.named_buffers()}

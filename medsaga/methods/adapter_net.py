@@ -140,6 +140,11 @@ class ParallelAdaptedEncoder(nn.Module):
     Input ``(B, 3, S, S)`` is what SAM's image encoder receives: the *normalised* image
     (:meth:`~medsaga.model.segmenter.SamSegmenter.normalize`), which the adapter reads too.
     Output ``(B, 256, S/16, S/16)``: ``vit(x) + scale * adapter(x)``.
+
+    The two halves are also reachable apart, for the embedding cache: the ViT's output depends on
+    the image alone and can be computed once per training image (``self.vit``, the adapter
+    method's ``frozen_encoder``), then :meth:`adapt` finishes the encoder from it each step.
+    :meth:`forward` is :meth:`adapt` on a fresh ViT output, so the two paths cannot drift apart.
     """
 
     def __init__(self, vit: nn.Module, adapter: ConvAdapter, scale: float) -> None:
@@ -160,4 +165,9 @@ class ParallelAdaptedEncoder(nn.Module):
         # The whole point of the method: the ViT's activations are never saved for backward.
         with torch.no_grad():
             embedding = self.vit(x)
-        return embedding + self.scale * self.adapter(x)
+        return self.adapt(embedding, x)
+
+    def adapt(self, vit_embedding: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``vit_embedding + scale * adapter(x)``: the encoder's output from the ViT's (a constant,
+        computed now or cached) and the normalised image ``x`` it came from."""
+        return vit_embedding + self.scale * self.adapter(x)

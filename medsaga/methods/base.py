@@ -5,7 +5,9 @@ A method (see DESIGN.md):
 1. takes the built model and its options, and marks or wraps what trains (everything else frozen);
 2. returns the optimizer param groups, or builds its own optimizer (GaLore does);
 3. may add an auxiliary loss (Conv-LoRA's load balancing);
-4. says whether the image encoder runs without gradients (then its outputs can be cached);
+4. says whether the image encoder runs without gradients, and which frozen part of it (if any)
+   may be computed once and cached (:meth:`TuningMethod.frozen_encoder`,
+   :meth:`TuningMethod.forward_from_frozen`; see :mod:`medsaga.train.embedding_cache`);
 5. hands over exactly what it trained, to be saved as safetensors, with its options as JSON.
 
 The training loop, prediction and the benchmark never branch on a method's name: they call this
@@ -41,6 +43,14 @@ class TuningMethod(ABC):
         default_lr: the learning rate used when the user gives none (documented per method).
         default_weight_decay: AdamW's decoupled weight decay; 0.1 as SAMed and MedSAGa.
         encoder_frozen: the image encoder gets no gradient; the loop runs it under ``no_grad``.
+        encoder_cacheable: part of the image encoder (the whole of it, or a frozen module inside
+            it) is frozen, deterministic and reads nothing but the normalised image, so its output
+            can be computed once per training image and cached. Such a method says which part with
+            :meth:`frozen_encoder` and how to finish the forward pass from its output with
+            :meth:`forward_from_frozen`. Known before the model is built (the CLI checks
+            ``--cache-embeddings on`` against it before any work).
+        cache_needs_images: :meth:`forward_from_frozen` also reads the image (the adapter's CNN
+            does; the decoder-only method does not), so a cache must keep the images too.
     """
 
     name: ClassVar[str]
@@ -48,6 +58,8 @@ class TuningMethod(ABC):
     default_lr: ClassVar[float]
     default_weight_decay: ClassVar[float] = 0.1
     encoder_frozen: ClassVar[bool] = False
+    encoder_cacheable: ClassVar[bool] = False
+    cache_needs_images: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions | None = None) -> None:
         self.options = options if options is not None else self.options_type()
@@ -70,6 +82,27 @@ class TuningMethod(ABC):
     def auxiliary_loss(self, model: nn.Module) -> torch.Tensor | None:
         """An extra loss term from the last forward pass, added to the task loss; ``None`` if none."""
         return None
+
+    def frozen_encoder(self, model: nn.Module) -> nn.Module | None:
+        """The frozen part of the image encoder whose output may be cached, or ``None``.
+
+        It takes the *normalised* image ``(B, 3, S, S)`` (:meth:`SamSegmenter.normalize`) and must be
+        deterministic (no dropout, no batch statistics) and untouched by training, so that running
+        it once per image gives what every training step would compute. Default: the whole image
+        encoder when :attr:`encoder_cacheable` (a method that freezes all of it), else ``None``.
+        """
+        return image_encoder(model) if self.encoder_cacheable else None
+
+    def forward_from_frozen(self, model: nn.Module, frozen_output: torch.Tensor,
+                            images: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(B, C+1, S/4, S/4)`` from the output of :meth:`frozen_encoder` (cached, or just
+        computed) and, when :attr:`cache_needs_images`, the images ``(B, 3, S, S)`` in [0, 1] that
+        output came from (``None`` otherwise). Must equal ``model(images)``. Default (the frozen
+        part is the whole encoder): the mask decoder on the embeddings.
+        """
+        if not self.encoder_cacheable:
+            raise TypeError(f"method {self.name!r} has no cacheable frozen encoder part")
+        return model.decode(frozen_output)  # type: ignore[operator, no-any-return]
 
     def trained_buffers(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Buffers that training changes and that must be saved (e.g. BatchNorm statistics), by

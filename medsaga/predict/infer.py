@@ -5,6 +5,10 @@ Per batch of ``B`` slices of size ``(H, W)``:
     images (B, 3, H, W) in [0, 1] ─letterbox→ (B, 3, S, S) ─model→ logits (B, C+1, S/4, S/4)
     ─unletterbox (crop the valid region, bilinear)→ (B, C+1, H, W) ─argmax→ classes (B, H, W)
 
+The image encoder runs medsaga's exact fast attention (:mod:`medsaga.model.fast_attention`): at
+256 px SAM's windowed blocks would run qkv, attention and proj on a 28 × 28 zero-padded grid for
+the 16 × 16 real tokens.
+
 The argmax is taken at the slice's own resolution, after interpolating the logits, which gives
 smoother boundaries than interpolating a label map. Probabilities, when asked for, are the softmax
 of the same interpolated logits (so their argmax is the label map). The class stack is put back on
@@ -25,6 +29,7 @@ from medsaga.data.resize import letterbox_images, unletterbox
 from medsaga.data.slices import volume_to_slices
 from medsaga.data.slicing import slice_geometry
 from medsaga.io.volume import Volume
+from medsaga.model.fast_attention import restore_encoder, speed_up_encoder
 from medsaga.predict.run import TrainedRun
 
 
@@ -52,8 +57,8 @@ class Prediction:
 
 
 def segment_case(run: TrainedRun, images: Volume | Sequence[Volume], *, batch_size: int = 8,
-                 probabilities: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> Prediction:
+                 probabilities: bool = False, progress: Callable[[int, int], None] | None = None,
+                 fast_encoder: bool = True) -> Prediction:
     """Predict one case.
 
     Args:
@@ -63,6 +68,12 @@ def segment_case(run: TrainedRun, images: Volume | Sequence[Volume], *, batch_si
         probabilities: also return the per-class probability maps.
         progress: called as ``progress(done, total)`` with slice counts: once before the first
             batch (``done == 0``) and after every batch.
+        fast_encoder: run the image encoder's attention through
+            :func:`~medsaga.model.fast_attention.speed_up_encoder` (no work on window padding,
+            fused kernels; the same outputs as segment-anything's own attention to float rounding,
+            whatever the method: layers that look across windows, as Conv-LoRA's, keep SAM's
+            padded windows). ``False`` runs SAM's own. Either way the choice is made on
+            ``run.model`` in place and stays.
 
     Raises:
         InputError: channels not on one grid, or too many channels for the slice mode.
@@ -76,6 +87,12 @@ def segment_case(run: TrainedRun, images: Volume | Sequence[Volume], *, batch_si
     channels = config.num_classes + 1
     classes = np.empty((count, height, width), dtype=np.uint8 if channels <= 256 else np.uint16)
     scores = np.empty((count, channels, height, width), dtype=np.float32) if probabilities else None
+    encoder = run.model.sam.image_encoder
+    # After the trained state is loaded (load_model): the swap keeps every parameter and name.
+    if fast_encoder:
+        speed_up_encoder(encoder)
+    else:
+        restore_encoder(encoder)
     if progress is not None:
         progress(0, count)
     with torch.inference_mode():

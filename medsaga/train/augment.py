@@ -2,13 +2,17 @@
 
 Each sample's randomness is seeded from (run seed, step, position in batch), never from a running
 random state: a run resumed at step k draws exactly what the uninterrupted run drew at step k.
+The fixed views of the embedding cache are seeded from (run seed, slice, view) instead
+(:func:`view_seed`), through the same transforms (:meth:`Augmenter.apply`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -41,16 +45,37 @@ class Augmenter:
         self.seed = seed
         self._transform = _build(settings) if settings.enabled else None
 
+    @property
+    def enabled(self) -> bool:
+        return self._transform is not None
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of training step ``step``: sample ``i`` seeded from (seed, step, i)."""
+        return self.apply(images, labels, [_sample_seed(self.seed, step, position)
+                                           for position in range(images.shape[0])])
+
+    def apply(self, images: torch.Tensor, labels: torch.Tensor,
+              seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment sample ``i`` with its transforms' random state seeded from ``seeds[i]`` (< 2**32)."""
         if self._transform is None:
             return images, labels
+        if len(seeds) != images.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for {images.shape[0]} samples")
         out_images, out_labels = [], []
-        for position in range(images.shape[0]):
-            self._transform.set_random_state(seed=_sample_seed(self.seed, step, position))
+        for position, seed in enumerate(seeds):
+            self._transform.set_random_state(seed=seed)
             sample = self._transform({"image": images[position], "label": labels[position][None].float()})
             out_images.append(torch.as_tensor(sample["image"]).clamp_(0.0, 1.0))
             out_labels.append(torch.as_tensor(sample["label"])[0].round().long())
         return torch.stack(out_images), torch.stack(out_labels)
+
+
+def view_seed(seed: int, slice_index: int, view: int) -> int:
+    """The augmentation seed of fixed view ``view`` of training slice ``slice_index`` (below 2**32)."""
+    return int(np.random.SeedSequence([seed, slice_index, view, _VIEW_TAG]).generate_state(1)[0])
+
+
+_VIEW_TAG = 0x5EED  # keeps view seeds apart from any other use of SeedSequence
 
 
 def _sample_seed(seed: int, step: int, position: int) -> int:

@@ -27,6 +27,8 @@ from medsaga.methods import TuningMethod, count_parameters, create_method, save_
 from medsaga.model.build import check_image_size, encoder_spec
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
+from medsaga.train.embedding_cache import (DEFAULT_VIEWS, check_cache_mode, check_cache_settings, effective_views,
+                                           frozen_module_name, use_cache)
 from medsaga.train.loop import LoopSettings, TrainingObserver, TrainResult, train
 from medsaga.train.shots import CaseSplit, choose_cases
 from medsaga.train.validation import SliceDiceValidator
@@ -67,6 +69,9 @@ class FinetuneOptions:
     empty_ratio: float = 0.25
     augment: bool = True
     checkpoint_every: int = 100
+    cache_embeddings: str = "auto"
+    cache_views: int = DEFAULT_VIEWS
+    cache_dtype: str = "fp32"
     force: bool = False
 
 
@@ -125,6 +130,11 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     method = create_method(options.method, options.method_options)
+    try:
+        check_cache_settings(options.cache_views, options.cache_dtype)
+        check_cache_mode(options.cache_embeddings, method)
+    except ValueError as error:
+        raise InputError(str(error)) from None
     dataset = discover_dataset(options.data_dir)
     mapping = label_mapping(dataset)
     split = choose_cases(dataset, options.shots, options.seed, cases=options.cases, val=options.val)
@@ -174,20 +184,34 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     slices_per_step = options.batch_size * options.grad_accum
     steps = options.steps if options.steps is not None else math.ceil(
         (options.epochs or DEFAULT_EPOCHS) * len(data) / slices_per_step)
+    cache_views = effective_views(options.cache_views, options.augment)
+    if not use_cache(options.cache_embeddings, method, samples=steps * slices_per_step,
+                     entries=len(data) * cache_views):
+        cache_views = 0
     loop = LoopSettings(steps=steps, batch_size=options.batch_size, grad_accum=options.grad_accum,
                         lr=options.lr if options.lr is not None else method.default_lr,
                         weight_decay=options.weight_decay if options.weight_decay is not None
                         else method.default_weight_decay,
                         warmup_steps=int(round(options.warmup_fraction * steps)), seed=options.seed,
                         precision=precision, activation_checkpointing=options.activation_checkpointing,
-                        checkpoint_every=options.checkpoint_every)
+                        checkpoint_every=options.checkpoint_every, cache_views=cache_views,
+                        cache_dtype=options.cache_dtype)
     augment = AugmentSettings(enabled=options.augment)
+    cache = _cache_config(options, model, method, cache_views)
     config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
-                     checkpoint_info, device, len(data))
+                     checkpoint_info, device, len(data), cache)
     if not resume:
         _write_json(options.out / CONFIG_FILE, config)
     reporter.info(f"{len(data)} training slices, {steps} steps of {slices_per_step} slices "
                   f"({steps * slices_per_step / len(data):.1f} epochs), {method.name}, {device.type}, {precision}")
+    if cache_views:
+        reporter.info(f"embedding cache: {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "
+                      f"(view 0 unaugmented) through the frozen {cache['frozen_module']} once, then every step "
+                      f"trains on the cache" + ("" if options.augment else " (--no-augment: one view)"))
+    elif method.encoder_cacheable and options.cache_embeddings == "auto":
+        reporter.info(f"embedding cache off (auto): this run trains on {steps * slices_per_step} slices, fewer than "
+                      f"the {len(data) * effective_views(options.cache_views, options.augment)} views the cache "
+                      "would encode first; --cache-embeddings on forces it")
 
     # --- train ------------------------------------------------------------------------------------
     result = train(model, method, data, loop, options.out, reporter, Augmenter(augment, options.seed),
@@ -196,6 +220,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     save_trained(method, model.cpu(), options.out)
     report = {"medsaga_version": __version__, "method": method.name, "device": str(device),
               "precision": precision, "model_type": model_type, "image_size": options.image_size,
+              "cache_embeddings": bool(cache_views),
               "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json()}
     _write_json(options.out / REPORT_FILE, report)
     return FinetuneOutcome(options.out, method, split, result, report)
@@ -208,6 +233,8 @@ def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
         raise InputError("not a medsaga run folder (no config.json)", run_dir)
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))["options"]
+        # Runs from before the embedding cache trained without it: resume them the same way.
+        recorded.setdefault("cache_embeddings", "off")
         options = FinetuneOptions(**{**recorded, "data_dir": Path(recorded["data_dir"]), "out": run_dir,
                                      "checkpoint": Path(recorded["checkpoint"]) if recorded["checkpoint"] else None,
                                      "cases": tuple(recorded["cases"])})
@@ -264,7 +291,8 @@ def _prepare_run_dir(out: Path) -> None:
 
 def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, split: CaseSplit,
             settings: SliceSettings, loop: LoopSettings, augment: AugmentSettings, method: TuningMethod,
-            model_type: str, checkpoint: dict[str, Any] | None, device: torch.device, slices: int) -> dict[str, Any]:
+            model_type: str, checkpoint: dict[str, Any] | None, device: torch.device, slices: int,
+            cache: dict[str, Any]) -> dict[str, Any]:
     """config.json: everything needed to rebuild the model and repeat the slicing."""
     recorded = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(options).items()}
     recorded["cases"] = list(options.cases)
@@ -281,9 +309,17 @@ def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, s
         "method": {"name": method.name, "options": method.options.to_json()},
         "training": asdict(loop),
         "augmentation": asdict(augment),
+        "embedding_cache": cache,
         "device": str(device),
         "options": recorded,
     }
+
+
+def _cache_config(options: FinetuneOptions, model: Any, method: TuningMethod, views: int) -> dict[str, Any]:
+    """config.json's ``embedding_cache``: what was asked, and what it resolved to."""
+    return {"mode": options.cache_embeddings, "enabled": bool(views), "views": views,
+            "dtype": options.cache_dtype if views else None,
+            "frozen_module": frozen_module_name(model, method) if views else None}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -4,6 +4,12 @@ What it asks a method: its optimizer, whether the encoder runs without gradients
 auxiliary loss. Everything random in a step (batch order, augmentation, noise inside a method) is
 seeded from (seed, step), so a run resumed from a checkpoint at step k continues exactly as the
 uninterrupted run would have.
+
+With ``cache_views`` set (methods with a cacheable frozen encoder part), the loop first builds an
+:class:`~medsaga.train.embedding_cache.EmbeddingCache` (fixed augmented views of every slice and the
+frozen part's output on each), then every step trains on cached (slice, view) pairs chosen from
+(seed, step) and asks the method to finish the forward pass from the cached output. The build is
+timed apart from the steps (see :mod:`medsaga.train.embedding_cache`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from medsaga.model.activation_checkpointing import checkpoint_encoder_blocks
 from medsaga.optim import check_layerwise_compatible, warmup_poly_lr
 from medsaga.train.augment import Augmenter
 from medsaga.train.data import TrainingSlices
+from medsaga.train.embedding_cache import EmbeddingCache, build_cache, view_schedule
 from medsaga.train.memory import (GradientMeter, MemoryBreakdown, PeakMemory, SavedActivationMeter,
                                   optimizer_state_bytes, parameter_bytes)
 from medsaga.train.resume import load_training_state, save_training_state
@@ -48,6 +55,10 @@ class LoopSettings:
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
         activation_checkpointing: recompute encoder blocks in backward instead of storing them.
         checkpoint_every: write a resumable checkpoint every this many steps (0: only at the end).
+        cache_views: 0 trains as usual (fresh augmentation each step, the whole model run);
+            ``V >= 1`` trains on the embedding cache with ``V`` fixed views per slice (view 0
+            unaugmented), for a method whose ``encoder_cacheable`` is true.
+        cache_dtype: storage of the cached outputs: ``fp32``, ``fp16`` or ``bf16``.
     """
 
     steps: int
@@ -60,10 +71,16 @@ class LoopSettings:
     precision: str = "fp32"
     activation_checkpointing: bool = False
     checkpoint_every: int = 0
+    cache_views: int = 0
+    cache_dtype: str = "fp32"
 
 
 class TrainingObserver(Protocol):
-    """What the loop reports while it runs (the CLI draws a progress bar from it)."""
+    """What the loop reports while it runs (the CLI draws a progress bar from it).
+
+    An observer may also define ``on_cache_progress(done, total)``: images whose frozen-encoder
+    output is cached so far, while the embedding cache is built (optional, looked up by name).
+    """
 
     def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None: ...
 
@@ -87,6 +104,8 @@ class TrainResult:
     memory: MemoryBreakdown
     peak_memory: dict[str, Any]
     validation_dice: list[float] = field(default_factory=list)
+    # EmbeddingCache.describe() plus the throughput including the build; None without a cache.
+    embedding_cache: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,11 +118,18 @@ Validator = Any  # a callable model -> mean Dice, see medsaga.train.validation
 
 def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings: LoopSettings, run_dir: Path,
           observer: TrainingObserver, augmenter: Augmenter, *, device: torch.device,
-          resume: bool = False, validator: Validator | None = None) -> TrainResult:
+          resume: bool = False, validator: Validator | None = None,
+          cache_encoder: bool = True) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) on ``data``; write metrics and checkpoints.
 
     Returns the measurements; the caller saves the trained state and the report.
+    ``cache_encoder=False`` (with ``settings.cache_views``) keeps the fixed views but runs the whole
+    model on them every step: the uncached reference the cache is tested against.
     """
+    if settings.cache_views < 0:
+        raise ValueError(f"cache_views must be 0 (no cache) or more, got {settings.cache_views}")
+    if settings.cache_views and not method.encoder_cacheable:
+        raise ValueError(f"method {method.name!r} has no cacheable frozen encoder part (cache_views must be 0)")
     if settings.activation_checkpointing and not method.encoder_frozen:
         checkpoint_encoder_blocks(image_encoder(model))
     model.to(device)
@@ -119,11 +145,17 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
 
     slices_per_step = settings.batch_size * settings.grad_accum
     steps_per_epoch = len(data) / slices_per_step
+    peak = PeakMemory(device)  # taken before the cache is built: the cache counts toward the peak
+    cache: EmbeddingCache | None = None
+    if settings.cache_views:
+        cache = build_cache(model, method, data, augmenter, views=settings.cache_views, batch_size=settings.batch_size,
+                            device=device, dtype=settings.cache_dtype, autocast=_autocast(device, settings.precision),
+                            encode=cache_encoder, progress=getattr(observer, "on_cache_progress", None))
+    parameter_dtype = next(model.parameters()).dtype
     observer.on_start(settings.steps, first_step, steps_per_epoch)
     autocast = _autocast(device, settings.precision)
     activations = SavedActivationMeter(model)
     gradients = GradientMeter(model)
-    peak = PeakMemory(device)
     validation: list[float] = []
     model.train()
     started = time.perf_counter()
@@ -135,11 +167,24 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
             optimizer.zero_grad(set_to_none=True)
             loss_total = 0.0
             for micro in range(settings.grad_accum):
-                positions = _positions(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)
-                images, labels = augmenter(*data.batch(positions), step=step * settings.grad_accum + micro)
-                images, labels = images.to(device), labels.to(device)
+                samples = _samples(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)
+                cached_output: torch.Tensor | None = None
+                if cache is None:
+                    images, labels = augmenter(*data.batch([position for _, position in samples]),
+                                               step=step * settings.grad_accum + micro)
+                else:
+                    cached_output, images, labels = cache.batch(
+                        [(position, int(view_schedule(len(data), cache.views, settings.seed, epoch)[position]))
+                         for epoch, position in samples])
+                    cached_output = cached_output.to(device=device, dtype=parameter_dtype) if cached_output is not None else None
+                images = images.to(device) if images is not None else None
+                labels = labels.to(device)
                 with autocast, activations.measure():
-                    logits = _forward(model, method, images)
+                    if cached_output is not None:
+                        logits = method.forward_from_frozen(model, cached_output, images)
+                    else:
+                        assert images is not None
+                        logits = _forward(model, method, images)
                     loss = segmentation_loss(logits, labels)
                     auxiliary = method.auxiliary_loss(model)
                     if auxiliary is not None:
@@ -168,13 +213,17 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     save_training_state(run_dir, step=settings.steps, method=method, model=model, optimizer=optimizer,
                         scheduler=scheduler)
     gradients.remove()
-    frozen, trainable_bytes = parameter_bytes(model)
+    frozen_bytes, trainable_bytes = parameter_bytes(model)
     trainable, total = count_parameters(model)
     slices = (settings.steps - first_step) * slices_per_step
-    memory = MemoryBreakdown(frozen, trainable_bytes, gradients.peak, optimizer_state_bytes(optimizer),
+    memory = MemoryBreakdown(frozen_bytes, trainable_bytes, gradients.peak, optimizer_state_bytes(optimizer),
                              activations.peak)
+    cache_report = None
+    if cache is not None:
+        cache_report = {**cache.describe(),
+                        "slices_per_second_including_build": slices / max(wall + cache.build_seconds, 1e-9)}
     return TrainResult(settings.steps, first_step, slices, wall, slices / max(wall, 1e-9), loss_value, trainable,
-                       total, memory, peak.describe(), validation)
+                       total, memory, peak.describe(), validation, cache_report)
 
 
 def _forward(model: nn.Module, method: TuningMethod, images: torch.Tensor) -> torch.Tensor:
@@ -186,14 +235,17 @@ def _forward(model: nn.Module, method: TuningMethod, images: torch.Tensor) -> to
     return model(images)
 
 
-def _positions(count: int, seed: int, step: int, micro: int, batch_size: int, grad_accum: int) -> list[int]:
-    """Slice positions of one micro-batch: a fresh permutation of all slices every epoch."""
+def _samples(count: int, seed: int, step: int, micro: int, batch_size: int,
+             grad_accum: int) -> list[tuple[int, int]]:
+    """``(epoch, slice position)`` of each sample of one micro-batch: a fresh permutation of all
+    slices every epoch (the epoch also picks the cached view, :func:`view_schedule`)."""
     first = (step * grad_accum + micro) * batch_size
-    positions = []
+    samples = []
     for sample in range(first, first + batch_size):
         epoch, offset = divmod(sample, count)
-        positions.append(int(_epoch_order(count, seed, epoch)[offset]))
-    return positions
+        samples.append((epoch, int(_epoch_order(count, seed, epoch)[offset])))
+    return samples
+
 
 
 _ORDER_CACHE: dict[tuple[int, int, int], np.ndarray] = {}

@@ -2,20 +2,28 @@
 
 The breakdown counts bytes of tensors, so it is the same on a laptop CPU and on a GPU:
 
-- frozen and trainable parameters;
+- frozen parameters, *with the model's buffers* (persistent or not: SAM-PARSER's bases ``U`` and
+  ``V``, SAM's pixel mean and std, the prompt encoder's Gaussian matrix), and trainable parameters;
 - gradients: the most gradient bytes alive at once (after backward; inside the gradient hooks for
   layer-wise GaLore, which frees each gradient as soon as it is used);
 - optimizer state (Adam moments, GaLore projections);
-- saved activations: the tensors autograd keeps for backward during one forward pass, counted with
-  ``torch.autograd.graph.saved_tensors_hooks``; parameters saved for backward are not activations
-  and are left out; views of one storage count once.
+- saved activations: the most bytes autograd keeps for backward during one forward pass, counted
+  with ``torch.autograd.graph.saved_tensors_hooks``. Tensors that live in the model's own storage
+  (parameters, buffers, or views of either) are already counted above and are left out; views of
+  one storage count once.
+
+The categories peak at different moments (saved activations at the end of a forward pass,
+gradients after backward), so their sum, ``sum_of_peaks``, is an upper bound on the bytes of these
+tensors alive at any one time, not a measured total. It is not a bound on the process's memory
+either: temporaries autograd does not save, the allocator's own overhead and the data are not in it.
 
 The peak memory of the process is device-specific: CUDA's ``max_memory_allocated``, or on a CPU the
-peak resident set size above the level measured once the model was loaded.
+peak resident set size above the level measured once the model was loaded (see :class:`PeakMemory`).
 """
 
 from __future__ import annotations
 
+import itertools
 import resource
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -24,10 +32,12 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from medsaga.train.allocator import malloc_settings, release_free_memory
+
 
 @dataclass
 class MemoryBreakdown:
-    """Bytes, per category (see the module docstring)."""
+    """Bytes, per category (see the module docstring); ``frozen_parameters`` includes the buffers."""
 
     frozen_parameters: int = 0
     trainable_parameters: int = 0
@@ -36,24 +46,52 @@ class MemoryBreakdown:
     saved_activations: int = 0
 
     @property
-    def total(self) -> int:
+    def sum_of_peaks(self) -> int:
+        """The categories added up: each at its own peak, so an upper bound of what is alive at once."""
         return (self.frozen_parameters + self.trainable_parameters + self.gradients + self.optimizer_state
                 + self.saved_activations)
 
     def to_json(self) -> dict[str, int]:
-        return {**asdict(self), "total": self.total}
+        return {**asdict(self), "sum_of_peaks": self.sum_of_peaks}
+
+
+def _size(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _storage_pointer(tensor: torch.Tensor) -> int:
+    """Address of the storage under ``tensor`` (shared by all its views); 0 where it has none."""
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without a plain storage
+        return 0
 
 
 def parameter_bytes(model: nn.Module) -> tuple[int, int]:
-    """``(frozen, trainable)`` bytes of the parameters."""
+    """``(frozen, trainable)`` bytes of the model's own tensors.
+
+    ``frozen`` holds the parameters that do not train *and every buffer* (no buffer is trained by
+    an optimizer); a buffer that shares a parameter's storage is not counted twice.
+    """
     frozen = trainable = 0
+    parameter_storages = set()
     for parameter in model.parameters():
-        size = parameter.numel() * parameter.element_size()
+        parameter_storages.add(_storage_pointer(parameter))
         if parameter.requires_grad:
-            trainable += size
+            trainable += _size(parameter)
         else:
-            frozen += size
+            frozen += _size(parameter)
+    for buffer in model.buffers():
+        pointer = _storage_pointer(buffer)
+        if pointer == 0 or pointer not in parameter_storages:
+            frozen += _size(buffer)
     return frozen, trainable
+
+
+def model_storages(model: nn.Module) -> set[int]:
+    """Storage addresses of every parameter and buffer of ``model`` (a view shares its base's)."""
+    return {pointer for tensor in itertools.chain(model.parameters(), model.buffers())
+            if (pointer := _storage_pointer(tensor)) != 0}
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -63,22 +101,32 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 class SavedActivationMeter:
-    """Counts the bytes autograd saves for backward inside :meth:`measure` blocks; keeps the peak."""
+    """Counts the bytes autograd saves for backward inside :meth:`measure` blocks; keeps the peak.
+
+    A saved tensor is counted by its whole storage, once per block however many views of it are
+    saved; storages of the model's parameters and buffers (looked up anew at each block, so a
+    model moved or re-wrapped after construction is still recognised) are not counted.
+    """
 
     def __init__(self, model: nn.Module) -> None:
-        self._parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._model = model
         self.peak = 0
 
     @contextmanager
     def measure(self) -> Iterator[None]:
+        excluded = model_storages(self._model)
         seen: set[int] = set()
         total = 0
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
             nonlocal total
-            storage = tensor.untyped_storage()
+            try:
+                storage = tensor.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # no plain storage: count the tensor itself
+                total += _size(tensor)
+                return tensor
             pointer = storage.data_ptr()
-            if pointer not in self._parameter_storages and pointer not in seen:
+            if pointer not in excluded and pointer not in seen:
                 seen.add(pointer)
                 total += storage.nbytes()
             return tensor
@@ -139,26 +187,56 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak_rss() -> bool:
+    """Set this process's peak RSS (``VmHWM``) back to its current RSS; whether that worked.
+
+    Linux >= 4.0: writing ``5`` to ``/proc/self/clear_refs`` resets the high-water mark and nothing else.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
 class PeakMemory:
-    """Peak memory above a baseline taken at construction: CUDA allocator or CPU RSS."""
+    """Peak memory above a baseline taken at construction: CUDA allocator or CPU RSS.
+
+    Construct it when everything that is not training is in memory (model, optimizer, data) and
+    nothing of training is. On a CPU the baseline is made honest in two ways first: free memory
+    that glibc still holds from loading is handed back (``malloc_trim``; otherwise training would
+    reuse it without its RSS growing, and the figure would read low), and the peak RSS is reset to
+    the current RSS, so that a higher peak reached earlier (reading a checkpoint, the volumes) is
+    not reported as training's. Where the reset is impossible (not Linux), the peak is measured
+    since the process started and ``describe()`` says so (``peak_reset_at_baseline``: false).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.peak_reset = True
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             self.baseline = torch.cuda.memory_allocated(device)
         else:
+            release_free_memory()
             self.baseline = current_rss_bytes()
+            self.peak_reset = reset_peak_rss()
 
     def peak_above_baseline(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return int(torch.cuda.max_memory_allocated(self.device) - self.baseline)
-        # ru_maxrss never decreases: a peak reached before the baseline (say, while reading a
-        # checkpoint) would hide a lower training peak; max(0, ...) keeps the figure honest.
+        # Should the reset have failed, a peak reached before the baseline shows through; max(0, ...)
+        # at least keeps a figure below the baseline from going negative.
         return max(0, peak_rss_bytes() - self.baseline)
 
     def describe(self) -> dict[str, Any]:
-        kind = "cuda max_memory_allocated" if self.device.type == "cuda" else "peak RSS"
-        return {"kind": kind, "baseline_bytes": self.baseline, "peak_above_baseline_bytes": self.peak_above_baseline()}
+        if self.device.type == "cuda":
+            return {"kind": "cuda max_memory_allocated", "baseline_bytes": self.baseline,
+                    "peak_above_baseline_bytes": self.peak_above_baseline()}
+        # The allocator's settings change a CPU's peak RSS severalfold (medsaga.train.allocator).
+        return {"kind": "peak RSS", "baseline_bytes": self.baseline,
+                "peak_above_baseline_bytes": self.peak_above_baseline(),
+                "peak_reset_at_baseline": self.peak_reset, "malloc": malloc_settings()}
