@@ -13,6 +13,6 @@ OUT=${2:-runs/benchmark-vit_b-256}
 shift $(( $# < 2 ? $# : 2 ))
 MEDSAGA=${MEDSAGA:-.venv/bin/medsaga}
 $MEDSAGA benchmark "$DATA" --model vit_b --image-size 256 --batch-size 2 --steps 3 \
-    --methods all,galore:layerwise=true,galore@ckpt:layerwise=true,full@ckpt \
+    --methods all,decoder@cache,adapter@cache,galore:layerwise=true,galore@ckpt:layerwise=true,lora@ckpt,full@ckpt \
     --out "$OUT" --force "$@"
 cat "$OUT/benchmark.md"
