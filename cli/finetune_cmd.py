@@ -85,6 +85,10 @@ def finetune(
                                                              "with it."),
     cache_dtype: str = typer.Option("fp32", "--cache-dtype", help="Storage of the cache: fp32, or fp16/bf16 for "
                                                                   "half the memory (rounded embeddings)."),
+    attention: str = typer.Option("fast", "--attention", help="The image encoder's attention: fast (default: no "
+                                                              "work on the zero padding of SAM's 14x14 windows; "
+                                                              "exact, ~1.4x faster at 256 px and less activation "
+                                                              "memory) or sam (segment-anything's own)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this RUN_DIR from its last "
                                                               "checkpoint."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
@@ -113,7 +117,7 @@ def finetune(
             seed=seed, device=device, precision=precision, activation_checkpointing=activation_checkpointing,
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
-            cache_dtype=cache_dtype, force=force), False
+            cache_dtype=cache_dtype, attention=attention, force=force), False
     reporter = _Reporter()
     try:
         outcome = run_finetune(options, reporter, resume=resuming)
@@ -124,26 +128,15 @@ def finetune(
 
 def _parse_method_options(pairs: list[str]) -> dict[str, Any]:
     """``["rank=4", "svd=full"]`` → ``{"rank": 4, "svd": "full"}`` (numbers and booleans parsed)."""
+    from medsaga.methods.option_text import parse_option_value
+
     parsed: dict[str, Any] = {}
     for pair in pairs:
         key, separator, text = pair.partition("=")
         if not separator or not key:
             raise InputError(f"--method-option takes KEY=VALUE, got {pair!r}")
-        parsed[key.strip().replace("-", "_")] = _parse_value(text.strip())
+        parsed[key.strip().replace("-", "_")] = parse_option_value(text.strip(), ",")
     return parsed
-
-
-def _parse_value(text: str) -> Any:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    if "," in text:
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return text
 
 
 def _methods_epilog() -> str:
@@ -269,6 +262,7 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
         ("parameters", f"{report['trainable_parameters']:,} trainable; SAM has {report['total_parameters']:,} "
                        f"({100 * report['trainable_parameters'] / max(report['total_parameters'], 1):.2f} %)"),
         (f"peak memory ({peak['kind']})", _mib(peak["peak_above_baseline_bytes"]) + " above the loaded model"),
+        ("tensor peak", _tensor_peak_text(report.get("tensor_peak"))),
         ("  frozen parameters + buffers", _mib(memory["frozen_parameters"])),
         ("  trainable parameters", _mib(memory["trainable_parameters"])),
         ("  gradients (peak alive)", _mib(memory["gradients"])),
@@ -293,6 +287,16 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
     for what, value in rows:
         table.add_row(what, value)
     Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+def _tensor_peak_text(peak: dict[str, Any] | None) -> str:
+    """The most tensor bytes alive at once above the model (what a GPU's allocator counts)."""
+    if not peak or not peak.get("measured"):
+        return "not measured"
+    if peak["kind"] != "profiler allocations":
+        return _mib(peak["bytes"]) + f" ({peak['kind']})"
+    return (f"{_mib(peak['bytes'])} at step {peak['step']}: {_mib(peak['held_bytes'])} held between steps + "
+            f"{_mib(peak['in_step_bytes'])} inside it (what a GPU's allocator would count)")
 
 
 def _mib(value: int) -> str:

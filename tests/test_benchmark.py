@@ -69,6 +69,12 @@ def test_cache_flag() -> None:
     assert [v.label for v in parse_variants("decoder,decoder@cache", NAMES)] == ["decoder", "decoder@cache"]
 
 
+def test_padded_flag_trains_with_sams_attention() -> None:
+    plain, padded = parse_variants("lora,lora@ckpt@padded:rank=8", NAMES)
+    assert not plain.padded and padded.padded and padded.checkpointing
+    assert padded.label == "lora@ckpt@padded:rank=8" and parse_variants(padded.label, NAMES) == [padded]
+
+
 def test_all_global_flags_duplicates_and_the_reference() -> None:
     assert [v.method for v in parse_variants("all", NAMES)] == NAMES
     assert [v.label for v in parse_variants("all,full,galore:rank=4", NAMES)] == [*NAMES, "galore:rank=4"]
@@ -102,6 +108,7 @@ def test_variant_syntax_errors(text: str, fragment: str) -> None:
 
 def _entry(label: str, peak: int, total: int, train: float, infer: float, status: str = "ok") -> dict:
     return {"label": label, "status": status, "peak_memory": {"peak_above_baseline_bytes": peak},
+            "tensor_peak": {"bytes": peak // 2},
             "memory": {"sum_of_peaks": total}, "train_slices_per_second": train, "inference_slices_per_second": infer}
 
 
@@ -109,9 +116,9 @@ def test_ratios_to_full() -> None:
     entries = [_entry("lora", 300, 500, 3.0, 8.0), _entry("full", 1200, 2000, 2.0, 10.0),
                _entry("galore", 0, 0, 0.0, 0.0, status="failed")]
     add_ratios(entries, "full")
-    assert entries[1]["ratios_to_reference"] == {"peak_memory": 1.0, "memory_total": 1.0,
+    assert entries[1]["ratios_to_reference"] == {"peak_memory": 1.0, "tensor_peak": 1.0, "memory_total": 1.0,
                                                  "train_slices_per_second": 1.0, "inference_slices_per_second": 1.0}
-    assert entries[0]["ratios_to_reference"] == {"peak_memory": 0.25, "memory_total": 0.25,
+    assert entries[0]["ratios_to_reference"] == {"peak_memory": 0.25, "tensor_peak": 0.25, "memory_total": 0.25,
                                                  "train_slices_per_second": 1.5, "inference_slices_per_second": 0.8}
     assert set(entries[2]["ratios_to_reference"].values()) == {None}
     orphans = [_entry("lora", 300, 500, 3.0, 8.0), _entry("full", 1, 1, 1.0, 1.0, status="out_of_memory")]
@@ -230,6 +237,10 @@ def test_worker_prints_one_json_line_with_every_field(measured) -> None:
         assert record["peak_memory"]["kind"] == "peak RSS" and record["peak_memory"]["peak_reset_at_baseline"]
         assert set(record["peak_memory"]["malloc"]) == {"M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"}  # tuned in the worker
         assert record["warmup_steps"] == 1 and len(record["train_step_seconds"]) == 1
+        # One more, untimed step after the timed one was profiled: the tensor peak.
+        tensors = record["tensor_peak"]
+        assert tensors["measured"] and tensors["step"] == 3 and tensors["held_bytes"] == record["memory"]["optimizer_state"]
+        assert tensors["in_step_bytes"] >= record["memory"]["saved_activations"]
         assert len(record["inference_batch_seconds"]) == 1 and record["torch_threads"] == 1
         assert record["train_slices_per_second"] > 0 and record["inference_slices_per_second"] > 0
     galore, full = document["entries"]
@@ -238,6 +249,7 @@ def test_worker_prints_one_json_line_with_every_field(measured) -> None:
     # Layer-wise GaLore frees each gradient in its hook: far fewer gradient bytes alive than full's.
     assert galore["memory"]["gradients"] < full["memory"]["gradients"] / 2
     assert galore["trainable_parameters"] == full["trainable_parameters"]
+    assert galore["tensor_peak"]["bytes"] < full["tensor_peak"]["bytes"]  # tiny: the decoder (4 M) dominates both
 
 
 def test_outputs_and_ratios(measured) -> None:

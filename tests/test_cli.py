@@ -117,3 +117,13 @@ def test_inspect_sample_data() -> None:
     result = medsaga("inspect", ROOT / "sample_data")
     assert result.returncode == 0, result.stderr
     assert sum("phantom_" in line for line in result.stdout.splitlines()) == 8
+
+
+def test_method_options_parse_numbers_booleans_and_comma_lists() -> None:
+    from cli.finetune_cmd import _parse_method_options
+    from medsaga.errors import InputError
+
+    parsed = _parse_method_options(["rank=4", "scale=0.5", "layerwise=true", "targets=q,v", "svd=full"])
+    assert parsed == {"rank": 4, "scale": 0.5, "layerwise": True, "targets": ("q", "v"), "svd": "full"}
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        _parse_method_options(["rank"])

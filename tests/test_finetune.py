@@ -134,10 +134,22 @@ def test_cache_options_resolve_per_method_and_fail_before_any_work(tmp_path: Pat
     for changes, fragment in [({"cache_embeddings": "on"}, "method 'galore' trains its image encoder"),
                               ({"cache_embeddings": "yes"}, "must be auto, on or off"),
                               ({"method": "decoder", "method_options": {}, "cache_views": 0}, "at least 1"),
-                              ({"method": "decoder", "method_options": {}, "cache_dtype": "fp8"}, "fp32, fp16, bf16")]:
+                              ({"method": "decoder", "method_options": {}, "cache_dtype": "fp8"}, "fp32, fp16, bf16"),
+                              ({"attention": "flash"}, "--attention must be one of fast, sam")]:
         with pytest.raises(InputError, match=fragment):
             finetune(tiny_options(tmp_path / "bad", **changes), QuietReporter())
         assert not (tmp_path / "bad").exists()
+
+
+def test_attention_is_recorded_and_runs_from_before_it_resume_with_sams(tmp_path: Path) -> None:
+    finetune(tiny_options(tmp_path / "sam", steps=1, attention="sam"), QuietReporter())
+    config = json.loads((tmp_path / "sam" / "config.json").read_text())
+    assert config["options"]["attention"] == "sam" and config["training"]["fast_attention"] is False
+    assert options_from_run(tmp_path / "sam").attention == "sam"
+    del config["options"]["attention"]  # a run folder written before the option existed
+    (tmp_path / "sam" / "config.json").write_text(json.dumps(config))
+    assert options_from_run(tmp_path / "sam").attention == "sam"
+    assert tiny_options(tmp_path / "new").attention == "fast"
 
 
 def test_existing_run_folder_needs_force_and_only_a_run_is_replaced(tmp_path: Path) -> None:
@@ -168,7 +180,7 @@ def test_cli_finetune_end_to_end(tmp_path: Path) -> None:
                      "--batch-size", "2", "--out", tmp_path / "run", "-o", "rank=4")
     assert result.returncode == 0, result.stderr
     assert "shots (1):" in result.stderr
-    for field in ("peak memory", "optimizer state", "saved activations", "slices/s", "trainable; SAM has"):
+    for field in ("peak memory", "tensor peak", "held between steps", "optimizer state", "saved activations", "slices/s", "trainable; SAM has"):
         assert field in result.stdout, field
     assert json.loads((tmp_path / "run" / "method.json").read_text())["options"]["rank"] == 4
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from medsaga.methods.parser import ParserMethod, reconstructed_layers
 from medsaga.train import allocator
-from medsaga.train.memory import (MemoryBreakdown, PeakMemory, SavedActivationMeter, current_rss_bytes,
+from medsaga.train.memory import (MemoryBreakdown, PeakMemory, SavedActivationMeter, StepTensorPeak, current_rss_bytes,
                                   parameter_bytes)
 from tests.method_helpers import synthetic_batch, tiny_segmenter
 
@@ -174,3 +174,47 @@ def test_tune_malloc_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(sys, "platform", "darwin")
     assert allocator.tune_malloc() == {} and not allocator.release_free_memory()
     assert allocator.malloc_settings() == {}
+
+
+def test_step_tensor_peak_counts_what_is_alive_at_once_not_what_was_allocated() -> None:
+    mib = 2**20
+    with StepTensorPeak(held_bytes=5 * mib) as meter:
+        first = torch.ones(8 * mib // 4)  # 8 MiB
+        second = torch.ones(4 * mib // 4)  # 12 MiB alive together
+        del first, second
+        third = torch.ones(10 * mib // 4)  # 10 MiB: below the earlier 12
+        del third
+    assert meter.measured
+    assert 12 * mib <= meter.in_step_bytes < 13 * mib
+    assert meter.bytes == meter.in_step_bytes + 5 * mib
+    report = meter.describe(step=2)
+    assert report["step"] == 2 and report["bytes"] == meter.bytes and report["held_bytes"] == 5 * mib
+
+
+def test_step_tensor_peak_ignores_tensors_from_before_the_step() -> None:
+    before = torch.ones(16 * 2**20 // 4)
+    with StepTensorPeak(held_bytes=0) as meter:
+        del before  # freeing an older tensor never lowers the figure below what the step allocated
+        small = torch.ones(2**20 // 4)
+        del small
+    assert meter.measured and 2**20 <= meter.in_step_bytes < 2 * 2**20
+
+
+def test_the_loop_reports_the_tensor_peak_of_its_second_step(tmp_path) -> None:
+    from medsaga.methods import create_method
+    from medsaga.train.augment import AugmentSettings, Augmenter
+    from medsaga.train.loop import LoopSettings, train
+    from tests.test_embedding_cache import SIZE, _Silent, _slices
+
+    model = tiny_segmenter(image_size=SIZE)
+    method = create_method("galore")
+    method.prepare(model)
+    result = train(model, method, _slices(), LoopSettings(steps=3, batch_size=2), tmp_path, _Silent(),
+                   Augmenter(AugmentSettings(), 0), device=torch.device("cpu"))
+    peak = result.tensor_peak
+    assert peak is not None and peak["measured"] and peak["step"] == 2
+    # Held between steps: the optimizer state; inside the step at least the saved activations and
+    # the gradients are alive together at the end of backward's first use of them.
+    assert peak["held_bytes"] == result.memory.optimizer_state
+    assert peak["in_step_bytes"] >= result.memory.saved_activations
+    assert peak["in_step_bytes"] >= result.memory.gradients

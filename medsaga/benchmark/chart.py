@@ -58,7 +58,7 @@ def render_chart(document: dict[str, Any]) -> np.ndarray:
     label_width = max(text_width(entry["label"], SCALE) for entry in entries) + 2 * char
     value_width = 26 * char
     width = MARGIN + label_width + BAR_WIDTH + char + value_width + MARGIN
-    height = MARGIN * 2 + line * 12 + len(entries) * (2 * ROW + THROUGHPUT_ROW) + 3 * 3 * line
+    height = MARGIN * 2 + line * 14 + len(entries) * (3 * ROW + THROUGHPUT_ROW) + 4 * 3 * line
     image = np.full((height, width, 3), BACKGROUND, np.uint8)
     canvas = _Canvas(image, label_width, line)
 
@@ -75,6 +75,12 @@ def render_chart(document: dict[str, Any]) -> np.ndarray:
     values = [RATIO_FIGURES["peak_memory"](entry) if entry.get("status") == "ok" else None for entry in entries]
     canvas.bars(entries, [[(v or 0, PEAK_COLOUR)] for v in values],
                 [_with_ratio(f"{mib(v)} MiB", entry, "peak_memory") for v, entry in zip(values, entries)])
+    canvas.skip(line // 2)
+
+    canvas.text("Tensor peak, MiB (most tensor bytes alive at once above the model: what a GPU counts)", INK)
+    values = [RATIO_FIGURES["tensor_peak"](entry) if entry.get("status") == "ok" else None for entry in entries]
+    canvas.bars(entries, [[(v or 0, PEAK_COLOUR)] for v in values],
+                [_with_ratio(f"{mib(v)} MiB", entry, "tensor_peak") for v, entry in zip(values, entries)])
     canvas.skip(line // 2)
 
     canvas.text("Memory breakdown, MiB (bytes of tensors: the same on any device)", INK)

@@ -16,6 +16,7 @@ MIB = 2**20
 # ratio name -> how to read the figure from a worker record (None when it is missing)
 RATIO_FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "peak_memory": lambda entry: (entry.get("peak_memory") or {}).get("peak_above_baseline_bytes"),
+    "tensor_peak": lambda entry: (entry.get("tensor_peak") or {}).get("bytes"),
     "memory_total": lambda entry: (entry.get("memory") or {}).get("sum_of_peaks"),
     "train_slices_per_second": lambda entry: entry.get("train_slices_per_second"),
     "inference_slices_per_second": lambda entry: entry.get("inference_slices_per_second"),
@@ -87,6 +88,7 @@ def table_columns(document: dict[str, Any]) -> list[tuple[str, Callable[[dict[st
         ("entry", lambda entry: entry["label"] + _status_suffix(entry)),
         ("trainable", lambda entry: parameters(entry.get("trainable_parameters"))),
         (peak, lambda entry: with_ratio(mib(RATIO_FIGURES["peak_memory"](entry)), entry, "peak_memory")),
+        ("tensors MiB", lambda entry: with_ratio(mib(RATIO_FIGURES["tensor_peak"](entry)), entry, "tensor_peak")),
         ("frozen", memory("frozen_parameters")),
         ("trained", memory("trainable_parameters")),
         ("grads", memory("gradients")),
@@ -119,6 +121,9 @@ def caption(document: dict[str, Any]) -> str:
             f"{device_text(settings)}; {settings['warmup_steps']} warm-up + {settings['timed_steps']} timed steps "
             f"per entry, each in its own process, on {data['slices']} real slices from {len(data['cases'])} cases "
             f"of {data['name']}; {document['weights']}. Peak: {document['peak_memory_kind']}. "
+            f"tensors: the most tensor bytes alive at once above the model, what a GPU's allocator counts "
+            f"(CPU: optimizer state and cache held between steps plus the allocation peak of one profiled "
+            f"step; CUDA: max_memory_allocated); a CPU's RSS also holds the C allocator's free memory. "
             f"frozen/trained/grads/optim/activ.: bytes of frozen parameters, trainable parameters, "
             f"gradients (most alive at once), optimizer state, activations saved for backward "
             f"(device-independent); sum: their total. (×) ratio to {document['reference']}. "

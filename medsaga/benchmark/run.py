@@ -175,7 +175,8 @@ def _measure(options: BenchmarkOptions, plan: _Plan, stacks: list[Any], num_clas
                               model=options.model, image_size=options.image_size, num_classes=num_classes,
                               batch_size=options.batch_size, steps=options.steps, device=plan.device.type,
                               seed=options.seed, slices=str(slices_path), threads=options.threads,
-                              cache_views=DEFAULT_VIEWS if variant.cache else 0)
+                              cache_views=DEFAULT_VIEWS if variant.cache else 0,
+                              fast_attention=not variant.padded)
             reporter.on_entry_start(index, len(plan.variants), variant.label)
             record = _run_worker(spec, Path(scratch) / f"spec-{index}.json", run_command)
             entries.append(record)

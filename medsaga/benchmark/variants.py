@@ -3,9 +3,12 @@
 Syntax (one string, entries separated by commas)::
 
     ENTRY   := METHOD[@FLAG]...[:KEY=VALUE[,KEY=VALUE]...]  |  all[@FLAG]...
-    FLAG    := bf16 | ckpt | cache    (bf16 autocast; activation checkpointing of the encoder blocks;
+    FLAG    := bf16 | ckpt | cache | padded
+                                      (bf16 autocast; activation checkpointing of the encoder blocks;
                                        training on cached frozen-encoder outputs, for the methods
-                                       that have a frozen encoder part: decoder, adapter)
+                                       that have a frozen encoder part: decoder, adapter; SAM's own
+                                       attention over zero-padded windows instead of the default
+                                       exact no-padding attention, as ``finetune --attention sam``)
     VALUE   := true | false | a number | text; a list joins its items with '+' (targets=q+k+v)
 
 Examples::
@@ -14,6 +17,7 @@ Examples::
     galore,galore:layerwise=true,full     GaLore twice, plain and layer-wise, and the reference
     full,full@ckpt,full@bf16@ckpt         full fine-tuning with each memory saving, side by side
     decoder,decoder@cache,adapter@cache   what the embedding cache does to the decoder's speed
+    lora,lora@padded                      what skipping the window padding saves
     lora:rank=8,alpha=16,decoder          LoRA with two options, then the decoder-only method
 
 A comma-separated piece that is ``KEY=VALUE`` (no colon, no ``@``) continues the options of the
@@ -32,10 +36,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from medsaga.errors import InputError
+from medsaga.methods.option_text import format_option_value, parse_option_value
 
-FLAGS = ("bf16", "ckpt", "cache")
+FLAGS = ("bf16", "ckpt", "cache", "padded")
 ALL = "all"
 REFERENCE_METHOD = "full"
+LIST_SEPARATOR = "+"  # commas separate entries
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class Variant:
         checkpointing: recompute the encoder blocks in backward (no effect when the encoder is frozen).
         cache: train on the embedding cache (:mod:`medsaga.train.embedding_cache`): the timed steps
             read cached frozen-encoder outputs; the cache's build is timed apart.
+        padded: SAM's own padded-window attention (training and inference) instead of the exact
+            no-padding attention of :mod:`medsaga.model.fast_attention`.
     """
 
     method: str
@@ -56,11 +64,12 @@ class Variant:
     bf16: bool = False
     checkpointing: bool = False
     cache: bool = False
+    padded: bool = False
 
     @property
     def label(self) -> str:
         """The entry as written in the canonical syntax, e.g. ``galore@ckpt:layerwise=true``."""
-        flags = [flag for flag, on in zip(FLAGS, (self.bf16, self.checkpointing, self.cache)) if on]
+        flags = [flag for flag, on in zip(FLAGS, (self.bf16, self.checkpointing, self.cache, self.padded)) if on]
         text = self.method + "".join(f"@{flag}" for flag in flags)
         if self.options:
             text += ":" + ",".join(f"{key}={format_value(value)}" for key, value in self.options)
@@ -110,10 +119,11 @@ def parse_variants(text: str, method_names: Sequence[str], *, bf16: bool = False
         flag_bf16 = bf16 or "bf16" in flags
         flag_ckpt = checkpointing or "ckpt" in flags
         flag_cache = "cache" in flags
+        flag_padded = "padded" in flags
         if name == ALL:
             if colon:
                 raise InputError(f"--methods: {piece!r}: 'all' takes flags (all@ckpt) but no options")
-            variants.extend(Variant(method, (), flag_bf16, flag_ckpt, flag_cache) for method in method_names)
+            variants.extend(Variant(method, (), flag_bf16, flag_ckpt, flag_cache, flag_padded) for method in method_names)
             open_options = None
             continue
         if name not in method_names:
@@ -126,7 +136,7 @@ def parse_variants(text: str, method_names: Sequence[str], *, bf16: bool = False
             open_options = [_parse_option(first_option)]
         else:
             open_options = None
-        variants.append(Variant(name, tuple(open_options or ()), flag_bf16, flag_ckpt, flag_cache))
+        variants.append(Variant(name, tuple(open_options or ()), flag_bf16, flag_ckpt, flag_cache, flag_padded))
     return _unique(variants)
 
 
@@ -143,27 +153,13 @@ def with_reference(variants: Sequence[Variant], *, bf16: bool = False,
 
 
 def parse_value(text: str) -> Any:
-    """``true``/``false`` → bool, then int, then float; ``a+b`` → ``("a", "b")``; else the text."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    if "+" in text:
-        # A tuple, not a list: variants are frozen and hashable; the options dataclasses take either.
-        return tuple(part.strip() for part in text.split("+") if part.strip())
-    return text
+    """One option value: ``true``/``false``, a number, ``a+b`` → ``("a", "b")``, else the text."""
+    return parse_option_value(text, LIST_SEPARATOR)
 
 
 def format_value(value: Any) -> str:
     """The inverse of :func:`parse_value` for labels: ``True`` → ``true``, lists joined with ``+``."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "+".join(map(str, value))
-    return str(value)
+    return format_option_value(value, LIST_SEPARATOR)
 
 
 def _is_continuation(piece: str) -> bool:

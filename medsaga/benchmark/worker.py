@@ -12,7 +12,9 @@ What it does, through the same code as ``medsaga finetune``:
 2. trains ``1 + steps`` optimizer steps with :func:`medsaga.train.loop.train` (augmentation on,
    as in finetune). The first step is a warm-up and is not timed: it allocates the optimizer
    state and, for GaLore, computes the first projections (refreshed every 200 steps after that);
-   the peak memory and the memory breakdown cover every step, warm-up included. With ``@cache``
+   the peak memory and the memory breakdown cover every step, warm-up included. On a CPU one more
+   step follows, untimed and profiled, for the tensor peak (what CUDA's ``max_memory_allocated``
+   would read; :class:`medsaga.train.memory.StepTensorPeak`). With ``@cache``
    the loop first builds the embedding cache (timed apart: ``embedding_cache.build_seconds``) and
    every step, warm-up and timed, trains on it;
 3. times inference on the same slices and batch size: ``model.eval()``, ``torch.inference_mode()``,
@@ -40,9 +42,9 @@ WARMUP_STEPS = 1
 
 # Every key of a worker's record. Values that an out-of-memory entry never reached are null.
 RECORD_FIELDS = (
-    "label", "method", "options", "encoder_frozen", "precision", "activation_checkpointing",
+    "label", "method", "options", "encoder_frozen", "precision", "activation_checkpointing", "training_attention",
     "activation_checkpointing_applied", "status", "error", "device", "model", "image_size", "batch_size",
-    "warmup_steps", "timed_steps", "trainable_parameters", "total_parameters", "peak_memory", "memory",
+    "warmup_steps", "timed_steps", "trainable_parameters", "total_parameters", "peak_memory", "tensor_peak", "memory",
     "train_slices_per_second", "train_step_seconds", "inference_slices_per_second", "inference_batch_seconds",
     "final_loss", "build_seconds", "prepare_seconds", "worker_seconds", "torch_version", "torch_threads",
     # Inference with SAM's own encoder attention (inference_* above: the exact fast one, as predict
@@ -72,6 +74,8 @@ class WorkerSpec:
         threads: CPU threads for torch (``None``: torch's default, one per core).
         cache_views: 0, or train on the embedding cache with this many fixed views per slice
             (built before the warm-up step and timed apart: the timed steps read the cache).
+        fast_attention: train with the exact no-padding attention (``finetune``'s default);
+            ``False``: SAM's padded windows. Inference is timed both ways regardless.
     """
 
     label: str
@@ -89,6 +93,7 @@ class WorkerSpec:
     slices: str
     threads: int | None = None
     cache_views: int = 0
+    fast_attention: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +116,7 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
     record.update(label=spec.label, method=spec.method, options=method.options.to_json(),
                   encoder_frozen=method.encoder_frozen, precision=spec.precision,
                   activation_checkpointing=spec.activation_checkpointing,
+                  training_attention="fast" if spec.fast_attention else "sam",
                   activation_checkpointing_applied=spec.activation_checkpointing and not method.encoder_frozen,
                   status="ok", device=str(device), model=spec.model, image_size=spec.image_size,
                   batch_size=spec.batch_size, warmup_steps=WARMUP_STEPS, timed_steps=spec.steps,
@@ -142,16 +148,18 @@ def _train_and_time(spec: WorkerSpec, model: Any, method: Any, device: Any, reco
     from medsaga.train.loop import LoopSettings, train
 
     data = TrainingSlices(load_slices(Path(spec.slices)), spec.image_size)
-    settings = LoopSettings(steps=WARMUP_STEPS + spec.steps, batch_size=spec.batch_size, lr=method.default_lr,
+    profiled = 1 if device.type != "cuda" else 0  # CUDA's peak counts tensor bytes already
+    settings = LoopSettings(steps=WARMUP_STEPS + spec.steps + profiled, batch_size=spec.batch_size, lr=method.default_lr,
                             weight_decay=method.default_weight_decay, seed=spec.seed, precision=spec.precision,
-                            activation_checkpointing=spec.activation_checkpointing, cache_views=spec.cache_views)
+                            activation_checkpointing=spec.activation_checkpointing, cache_views=spec.cache_views,
+                            fast_attention=spec.fast_attention, tensor_peak_step=WARMUP_STEPS + spec.steps)
     observer = _StepTimes(spec.batch_size)
     # train() writes metrics and a final resumable checkpoint into its run folder: a scratch one.
     with tempfile.TemporaryDirectory(prefix="medsaga-benchmark-run-") as run_dir:
         result = train(model, method, data, settings, Path(run_dir), observer,
                        Augmenter(AugmentSettings(), spec.seed), device=device)
-    timed = observer.seconds[WARMUP_STEPS:]
-    record.update(peak_memory=result.peak_memory, memory=result.memory.to_json(),
+    timed = observer.seconds[WARMUP_STEPS:WARMUP_STEPS + spec.steps]
+    record.update(peak_memory=result.peak_memory, memory=result.memory.to_json(), tensor_peak=result.tensor_peak,
                   train_step_seconds=timed,
                   train_slices_per_second=spec.batch_size * len(timed) / max(sum(timed), 1e-9),
                   final_loss=result.final_loss, embedding_cache=result.embedding_cache)

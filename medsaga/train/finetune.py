@@ -36,6 +36,9 @@ from medsaga.train.validation import SliceDiceValidator
 CONFIG_FILE = "config.json"
 REPORT_FILE = "report.json"
 DEFAULT_EPOCHS = 10
+# The image encoder's attention: "fast" skips the work on window padding (exact, see
+# medsaga.model.fast_attention); "sam" is segment-anything's own padded-window attention.
+ATTENTIONS = ("fast", "sam")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class FinetuneOptions:
     cache_embeddings: str = "auto"
     cache_views: int = DEFAULT_VIEWS
     cache_dtype: str = "fp32"
+    attention: str = "fast"
     force: bool = False
 
 
@@ -127,6 +131,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     for name, count in (("--epochs", options.epochs), ("--steps", options.steps)):
         if count is not None and count < 1:
             raise InputError(f"{name} must be at least 1, got {count}")
+    if options.attention not in ATTENTIONS:
+        raise InputError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {options.attention!r}")
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     method = create_method(options.method, options.method_options)
@@ -195,7 +201,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                         warmup_steps=int(round(options.warmup_fraction * steps)), seed=options.seed,
                         precision=precision, activation_checkpointing=options.activation_checkpointing,
                         checkpoint_every=options.checkpoint_every, cache_views=cache_views,
-                        cache_dtype=options.cache_dtype)
+                        cache_dtype=options.cache_dtype, fast_attention=options.attention == "fast")
     augment = AugmentSettings(enabled=options.augment)
     cache = _cache_config(options, model, method, cache_views)
     config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
@@ -235,6 +241,8 @@ def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
         recorded = json.loads(path.read_text(encoding="utf-8"))["options"]
         # Runs from before the embedding cache trained without it: resume them the same way.
         recorded.setdefault("cache_embeddings", "off")
+        # ... and with SAM's padded-window attention.
+        recorded.setdefault("attention", "sam")
         options = FinetuneOptions(**{**recorded, "data_dir": Path(recorded["data_dir"]), "out": run_dir,
                                      "checkpoint": Path(recorded["checkpoint"]) if recorded["checkpoint"] else None,
                                      "cases": tuple(recorded["cases"])})

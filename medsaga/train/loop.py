@@ -29,11 +29,12 @@ from torch import nn
 from medsaga.losses import segmentation_loss
 from medsaga.methods.base import TuningMethod, count_parameters, image_encoder
 from medsaga.model.activation_checkpointing import checkpoint_encoder_blocks
+from medsaga.model.fast_attention import speed_up_encoder
 from medsaga.optim import check_layerwise_compatible, warmup_poly_lr
 from medsaga.train.augment import Augmenter
 from medsaga.train.data import TrainingSlices
 from medsaga.train.embedding_cache import EmbeddingCache, build_cache, view_schedule
-from medsaga.train.memory import (GradientMeter, MemoryBreakdown, PeakMemory, SavedActivationMeter,
+from medsaga.train.memory import (GradientMeter, MemoryBreakdown, PeakMemory, SavedActivationMeter, StepTensorPeak,
                                   optimizer_state_bytes, parameter_bytes)
 from medsaga.train.resume import load_training_state, save_training_state
 
@@ -59,6 +60,12 @@ class LoopSettings:
             ``V >= 1`` trains on the embedding cache with ``V`` fixed views per slice (view 0
             unaugmented), for a method whose ``encoder_cacheable`` is true.
         cache_dtype: storage of the cached outputs: ``fp32``, ``fp16`` or ``bf16``.
+        fast_attention: run the image encoder's attention without the work on window padding
+            (:mod:`medsaga.model.fast_attention`: exact, outputs and gradients equal to SAM's to
+            float rounding); ``False`` keeps SAM's own padded-window attention.
+        tensor_peak_step: on a CPU, the (0-based) step whose tensor bytes are profiled
+            (:class:`~medsaga.train.memory.StepTensorPeak`); ``None``: the second step of this
+            run (the first already made the optimizer state), or its only one.
     """
 
     steps: int
@@ -73,6 +80,8 @@ class LoopSettings:
     checkpoint_every: int = 0
     cache_views: int = 0
     cache_dtype: str = "fp32"
+    fast_attention: bool = True
+    tensor_peak_step: int | None = None
 
 
 class TrainingObserver(Protocol):
@@ -106,6 +115,8 @@ class TrainResult:
     validation_dice: list[float] = field(default_factory=list)
     # EmbeddingCache.describe() plus the throughput including the build; None without a cache.
     embedding_cache: dict[str, Any] | None = None
+    # The most tensor bytes alive at once above the model (StepTensorPeak.describe() on a CPU).
+    tensor_peak: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -130,6 +141,10 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
         raise ValueError(f"cache_views must be 0 (no cache) or more, got {settings.cache_views}")
     if settings.cache_views and not method.encoder_cacheable:
         raise ValueError(f"method {method.name!r} has no cacheable frozen encoder part (cache_views must be 0)")
+    # Before checkpointing, so a checkpointed block recomputes the fast forward (either order works:
+    # speed_up_encoder re-wraps checkpointed blocks) and before the cache, which it also speeds up.
+    if settings.fast_attention:
+        speed_up_encoder(image_encoder(model))
     if settings.activation_checkpointing and not method.encoder_frozen:
         checkpoint_encoder_blocks(image_encoder(model))
     model.to(device)
@@ -157,6 +172,10 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     activations = SavedActivationMeter(model)
     gradients = GradientMeter(model)
     validation: list[float] = []
+    profiled_step = settings.tensor_peak_step
+    if profiled_step is None:
+        profiled_step = first_step + 1 if first_step + 1 < settings.steps else first_step
+    tensor_peak: dict[str, Any] | None = None
     model.train()
     started = time.perf_counter()
     loss_value = math.nan
@@ -164,34 +183,16 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
         for step in range(first_step, settings.steps):
             step_started = time.perf_counter()
             torch.manual_seed(_mix(settings.seed, step))  # noise inside methods (Conv-LoRA's gate)
+            # Before the profiled step begins: the last step's gradients are not held between steps.
             optimizer.zero_grad(set_to_none=True)
-            loss_total = 0.0
-            for micro in range(settings.grad_accum):
-                samples = _samples(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)
-                cached_output: torch.Tensor | None = None
-                if cache is None:
-                    images, labels = augmenter(*data.batch([position for _, position in samples]),
-                                               step=step * settings.grad_accum + micro)
-                else:
-                    cached_output, images, labels = cache.batch(
-                        [(position, int(view_schedule(len(data), cache.views, settings.seed, epoch)[position]))
-                         for epoch, position in samples])
-                    cached_output = cached_output.to(device=device, dtype=parameter_dtype) if cached_output is not None else None
-                images = images.to(device) if images is not None else None
-                labels = labels.to(device)
-                with autocast, activations.measure():
-                    if cached_output is not None:
-                        logits = method.forward_from_frozen(model, cached_output, images)
-                    else:
-                        assert images is not None
-                        logits = _forward(model, method, images)
-                    loss = segmentation_loss(logits, labels)
-                    auxiliary = method.auxiliary_loss(model)
-                    if auxiliary is not None:
-                        loss = loss + auxiliary
-                (loss / settings.grad_accum).backward()
-                loss_total += loss.item() / settings.grad_accum
-            optimizer.step()
+            meter: StepTensorPeak | None = None
+            if step == profiled_step and device.type != "cuda":  # on CUDA the peak is tensor bytes already
+                meter = StepTensorPeak(optimizer_state_bytes(optimizer) + (cache.nbytes if cache else 0))
+            with meter or contextlib.nullcontext():
+                loss_total = _step(model, method, data, settings, optimizer, augmenter, cache, autocast,
+                                   activations, device, parameter_dtype, step)
+            if meter is not None:
+                tensor_peak = meter.describe(step + 1)
             scheduler.step()
             loss_value = loss_total
             elapsed = time.perf_counter() - step_started
@@ -222,8 +223,47 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     if cache is not None:
         cache_report = {**cache.describe(),
                         "slices_per_second_including_build": slices / max(wall + cache.build_seconds, 1e-9)}
+    peak_memory = peak.describe()
+    if device.type == "cuda":  # max_memory_allocated counts tensor bytes already
+        tensor_peak = {"kind": "cuda max_memory_allocated", "bytes": peak_memory["peak_above_baseline_bytes"],
+                       "measured": True}
     return TrainResult(settings.steps, first_step, slices, wall, slices / max(wall, 1e-9), loss_value, trainable,
-                       total, memory, peak.describe(), validation, cache_report)
+                       total, memory, peak_memory, validation, cache_report, tensor_peak)
+
+
+def _step(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings: LoopSettings,
+          optimizer: torch.optim.Optimizer, augmenter: Augmenter, cache: EmbeddingCache | None,
+          autocast: contextlib.AbstractContextManager[Any], activations: SavedActivationMeter,
+          device: torch.device, parameter_dtype: torch.dtype, step: int) -> float:
+    """One optimizer step (``grad_accum`` forward/backward passes, then ``optimizer.step()``); its mean loss."""
+    loss_total = 0.0
+    for micro in range(settings.grad_accum):
+        samples = _samples(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)
+        cached_output: torch.Tensor | None = None
+        if cache is None:
+            images, labels = augmenter(*data.batch([position for _, position in samples]),
+                                       step=step * settings.grad_accum + micro)
+        else:
+            cached_output, images, labels = cache.batch(
+                [(position, int(view_schedule(len(data), cache.views, settings.seed, epoch)[position]))
+                 for epoch, position in samples])
+            cached_output = cached_output.to(device=device, dtype=parameter_dtype) if cached_output is not None else None
+        images = images.to(device) if images is not None else None
+        labels = labels.to(device)
+        with autocast, activations.measure():
+            if cached_output is not None:
+                logits = method.forward_from_frozen(model, cached_output, images)
+            else:
+                assert images is not None
+                logits = _forward(model, method, images)
+            loss = segmentation_loss(logits, labels)
+            auxiliary = method.auxiliary_loss(model)
+            if auxiliary is not None:
+                loss = loss + auxiliary
+        (loss / settings.grad_accum).backward()
+        loss_total += loss.item() / settings.grad_accum
+    optimizer.step()
+    return loss_total
 
 
 def _forward(model: nn.Module, method: TuningMethod, images: torch.Tensor) -> torch.Tensor:
