@@ -131,6 +131,46 @@ def test_padded_keys_matter_so_the_test_can_fail(monkeypatch: pytest.MonkeyPatch
         assert max_diff(block(x), fast(x)) > 1e-2
 
 
+def test_padded_keys_matter_in_training_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training path (bias folded into the dot product) also reads the merged padded key."""
+    block = sam_block(14, 14).train()
+    fast = sped_up_copy(block)
+    x = torch.randn(1, 16, 16, 96, requires_grad=True)
+    # -1e4, not -inf: the bias is a coordinate here, and -inf * 0 on the real keys would be NaN.
+    monkeypatch.setattr(fast_attention, "_padded_log_weight", lambda h_term, *_: torch.full(h_term.shape[:-1], -1e4))
+    assert max_diff(block(x), fast(x)) > 1e-2
+
+
+def _largest_saved_tensor(module: nn.Module, x: torch.Tensor) -> int:
+    """Elements of the largest tensor autograd saves for backward in one forward of ``module``."""
+    largest = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal largest
+        largest = max(largest, tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        module(x)
+    return largest
+
+
+@pytest.mark.parametrize("window", [0, 14])
+def test_training_keeps_no_token_by_token_tensor_for_backward(window: int) -> None:
+    """SAM keeps ``(B·heads, n, n)`` attention maps for backward; ours keeps ``O(n)`` per head.
+
+    A global block on a 32 × 32 grid (512 px input: n = 1024) and a windowed one (n = 196 per window).
+    """
+    block = sam_block(window, 32).train()
+    x = torch.randn(2, 32, 32, 96, requires_grad=True)
+    tokens = 32 * 32 if window == 0 else 14 * 14
+    windows = 1 if window == 0 else 9
+    attention_map = 2 * windows * 3 * tokens * tokens
+    mlp_hidden = 2 * 32 * 32 * 4 * 96  # the MLP's hidden activations of the real tokens
+    assert _largest_saved_tensor(block, x) >= attention_map > mlp_hidden  # SAM's
+    assert _largest_saved_tensor(sped_up_copy(block), x) <= mlp_hidden  # nothing token by token
+
+
 def test_window_segments() -> None:
     assert window_segments(32, 14) == [(0, 2, 14), (28, 1, 4)]
     assert window_segments(28, 14) == [(0, 2, 14)]

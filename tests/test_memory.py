@@ -110,13 +110,16 @@ def test_cpu_peak_ignores_a_higher_peak_before_the_baseline() -> None:
     before = np.ones(96 * MIB // 8)  # touched: resident, then freed (a mapping of its own)
     del before
     peak = PeakMemory(torch.device("cpu"))
+    rss_at_baseline = current_rss_bytes()
     assert peak.peak_above_baseline() < 16 * MIB
     during = np.ones(48 * MIB // 8)
     described = peak.describe()
     del during
     assert 40 * MIB < described["peak_above_baseline_bytes"] < 80 * MIB
     assert described["kind"] == "peak RSS" and described["peak_reset_at_baseline"] is True
-    assert abs(described["baseline_bytes"] - current_rss_bytes()) < 32 * MIB
+    # Against the RSS right after the baseline, not after `del during`: whether glibc hands a
+    # freed 48 MiB block back at once depends on what earlier tests did to its mmap threshold.
+    assert abs(described["baseline_bytes"] - rss_at_baseline) < 32 * MIB
 
 
 # --- the allocator -----------------------------------------------------------------------------------

@@ -30,10 +30,12 @@ real tokens are queries; qkv and proj run on the ``H × W`` real tokens only. Wi
 by shape (whole 14 × 14 windows, the right and bottom strips, the corner: at most four groups)
 so each group is one batched attention call. No term is subtracted, so nothing cancels.
 
-Attention itself runs in ``scaled_dot_product_attention`` with the relative-position bias as its
-float ``attn_mask`` (CPU flash kernel: ~2.5× the explicit matmul-softmax-matmul). That kernel has
-no gradient for the mask; where the bias needs one (training through the encoder) the explicit
-formula is used instead, so gradients are exact too.
+Attention itself runs in ``scaled_dot_product_attention``. For inference the relative-position
+bias is its float ``attn_mask`` (CPU flash kernel: ~2.5× the explicit matmul-softmax-matmul).
+For training the bias is folded into the dot product instead (:func:`_attend_augmented`: extra
+query coordinates holding the position terms against one-hot key coordinates), so no
+``tokens × tokens`` tensor is formed or kept for backward and the position tables still get
+their exact gradients.
 
 When ``attn.qkv`` (or ``attn.proj``) is not token-wise, e.g. Conv-LoRA's convolution experts,
 which look across each padded window and see the zeros, padding changes real outputs and cannot
@@ -97,19 +99,83 @@ def window_segments(length: int, window: int) -> list[tuple[int, int, int]]:
     return segments
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-           scale: float) -> torch.Tensor:
-    """``softmax(scale · q kᵀ + bias) v``: ``q (N, h, n, d)``, ``k, v (N, h, m, d)``, ``bias (N, h, n, m)``.
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, a: int, b: int,
+           h_term: torch.Tensor | None = None, w_term: torch.Tensor | None = None,
+           padded_kv: torch.Tensor | None = None, pad_log_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of an ``a × b`` grid of queries over its ``a·b`` keys (plus one merged padded key).
 
-    The fused kernel unless ``bias`` needs a gradient: the CPU flash kernel has no gradient for
-    its mask, and SDPA would then fall back to its own math path (with a warning) anyway.
+    ``q, k, v (N, heads, a·b, d)``; ``h_term (N, heads, a, b, >=a)`` and ``w_term (N, heads, a, b,
+    >=b)`` the decomposed position terms (logit of query ``i`` and key ``(kh, kw)`` gets
+    ``h[i, kh] + w[i, kw]``), or ``None`` for no position bias; ``padded_kv (2, heads, 1, d)`` and
+    ``pad_log_weight (N, heads, a·b, 1)``: the virtual key of a window's padding and its bias.
+    Returns ``softmax(scale·q·kᵀ + bias) v`` as ``(N, heads, a·b, d)``.
+
+    Inference (no gradient wanted) uses ``scaled_dot_product_attention`` with the bias as its
+    float mask. Training uses :func:`_attend_augmented`, which never forms the ``(a·b) × (a·b)``
+    bias, nor keeps it for backward.
     """
-    if bias is not None and bias.requires_grad and torch.is_grad_enabled():
-        logits = torch.matmul(q * scale, k.transpose(-2, -1)) + bias
-        return torch.matmul(logits.softmax(dim=-1), v)
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, h_term, w_term, padded_kv, pad_log_weight))
+    if wants_grad:
+        return _attend_augmented(q, k, v, scale, a, b, h_term, w_term, padded_kv, pad_log_weight)
+    n, heads, tokens, _ = q.shape
+    bias = _position_bias(h_term, w_term, a, b, q.dtype) if h_term is not None and w_term is not None else None
+    if padded_kv is not None and pad_log_weight is not None:
+        if bias is None:
+            bias = q.new_zeros(n, heads, tokens, tokens)
+        k = torch.cat([k, padded_kv[0].expand(n, heads, 1, -1)], dim=2)
+        v = torch.cat([v, padded_kv[1].expand(n, heads, 1, -1)], dim=2)
+        bias = torch.cat([bias, pad_log_weight.to(bias.dtype)], dim=-1)
     if bias is not None:
         bias = bias.to(q.dtype)  # under autocast q is bf16 while parts of the bias may be fp32
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def _attend_augmented(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, a: int, b: int,
+                      h_term: torch.Tensor | None, w_term: torch.Tensor | None, padded_kv: torch.Tensor | None,
+                      pad_log_weight: torch.Tensor | None) -> torch.Tensor:
+    """:func:`attend` with the position bias folded into the dot product, for training.
+
+    Why: a float mask is a ``(N, heads, a·b, keys)`` tensor that autograd keeps for backward, and
+    the CPU flash kernel has no gradient for it, so a trainable bias would need the explicit
+    softmax (three such tensors). At 512 px, batch 4, one global block's attention matrix is
+    192 MiB in fp32. Instead each query and key gets extra coordinates whose dot product *is*
+    the bias::
+
+        q̃_i = [scale·q_i, h[i, 0..a-1], w[i, 0..b-1], L_i]
+        k̃_j = [k_j,       onehot(kh_j), onehot(kw_j), 0]     (the a·b real keys)
+        k̃_p = [k_p,       0 ... 0,      0 ... 0,      1]     (the merged padded key)
+
+    so ``q̃_i·k̃_j = scale·q_i·k_j + h[i, kh_j] + w[i, kw_j]`` and ``q̃_i·k̃_p = scale·q_i·k_p + L_i``:
+    the same logits, exactly (the one-hot products add zeros). Plain fused attention on ``q̃, k̃``
+    (values zero-padded to the same width, as the CPU flash kernel wants equal head sizes) then
+    trains ``q``, ``k``, ``v`` and, through ``h``, ``w`` and ``L``, the relative-position tables,
+    keeping only ``O(tokens)`` memory. The price is a wider head: ``d + a + b (+1)`` instead of
+    ``d`` (93 for a 14 × 14 window, 128 for 512's global 32 × 32 grid).
+    """
+    n, heads, tokens, dim = q.shape
+    dtype = q.dtype
+    queries = [q * scale]
+    keys = [k]
+    if h_term is not None and w_term is not None:
+        queries += [h_term[..., :a].reshape(n, heads, tokens, a).to(dtype),
+                    w_term[..., :b].reshape(n, heads, tokens, b).to(dtype)]
+        positions = torch.arange(tokens, device=q.device)
+        keys += [F.one_hot(positions // b, a).to(dtype).expand(n, heads, tokens, a),
+                 F.one_hot(positions % b, b).to(dtype).expand(n, heads, tokens, b)]
+    if padded_kv is not None and pad_log_weight is not None:
+        queries.append(pad_log_weight.to(dtype))
+        keys.append(q.new_zeros(n, heads, tokens, 1))
+    q_wide = torch.cat(queries, dim=-1)
+    k_wide = torch.cat(keys, dim=-1)
+    if padded_kv is not None and pad_log_weight is not None:
+        width = q_wide.shape[-1]
+        padded_key = torch.cat([padded_kv[0].to(dtype), q.new_zeros(heads, 1, width - dim - 1),
+                                q.new_ones(heads, 1, 1)], dim=-1)
+        k_wide = torch.cat([k_wide, padded_key.expand(n, heads, 1, width)], dim=2)
+        v = torch.cat([v, padded_kv[1].to(v.dtype).expand(n, heads, 1, dim)], dim=2)
+    v_wide = F.pad(v, (0, q_wide.shape[-1] - dim))
+    return F.scaled_dot_product_attention(q_wide, k_wide, v_wide, scale=1.0)[..., :dim]
 
 
 class FastAttention(SamAttention):
@@ -140,12 +206,12 @@ class FastAttention(SamAttention):
         """Every token of each ``(N, a, b)`` grid attends to all of it: ``(N, a, b, 3C)`` → ``(N, a, b, C)``."""
         n, a, b, _ = qkv.shape
         q, k, v = self._split_heads(qkv)
-        bias = None
+        h_term = w_term = None
         if self.use_rel_pos:
             rel_h = _sam_vit.get_rel_pos(a, a, self.rel_pos_h)  # (a, a, d)
             rel_w = _sam_vit.get_rel_pos(b, b, self.rel_pos_w)
-            bias = _position_bias(*_rel_terms(q, rel_h, rel_w, a, b), a, b, q.dtype)
-        return _merge_heads(attend(q, k, v, bias, self.scale), a, b)
+            h_term, w_term = _rel_terms(q, rel_h, rel_w, a, b)
+        return _merge_heads(attend(q, k, v, self.scale, a, b, h_term, w_term), a, b)
 
     def _window_attention(self, x: torch.Tensor, window: int) -> torch.Tensor:
         """Windowed attention of SAM's zero-padded grid, from real tokens only: ``(B, H, W, C)`` in and out."""
@@ -193,22 +259,17 @@ class FastAttention(SamAttention):
         """
         n, heads, tokens, _ = q.shape
         pad_count = window * window - tokens
-        bias = pad_bias = None
-        if rel_h is not None:
+        h_term = w_term = pad_log_weight = None
+        if rel_h is not None and rel_w is not None:
             # Bias terms towards every key row/column of the window, padded ones included.
             h_term, w_term = _rel_terms(q, rel_h[:a], rel_w[:b], a, b)  # (N, heads, a, b, window)
-            bias = _position_bias(h_term, w_term, a, b, q.dtype)
             if pad_count:
-                pad_bias = _padded_log_weight(h_term, w_term, a, b).reshape(n, heads, tokens, 1)
+                pad_log_weight = _padded_log_weight(h_term, w_term, a, b).reshape(n, heads, tokens, 1)
         elif pad_count:
             # No position bias: the padded keys only count, log(how many) for the merged key.
-            bias = q.new_zeros(n, heads, tokens, tokens)
-            pad_bias = q.new_full((n, heads, tokens, 1), math.log(pad_count))
-        if pad_count:
-            k = torch.cat([k, padded_kv[0].expand(n, heads, 1, -1)], dim=2)
-            v = torch.cat([v, padded_kv[1].expand(n, heads, 1, -1)], dim=2)
-            bias = torch.cat([bias, pad_bias.to(bias.dtype)], dim=-1)
-        return attend(q, k, v, bias, self.scale)
+            pad_log_weight = q.new_full((n, heads, tokens, 1), math.log(pad_count))
+        return attend(q, k, v, self.scale, a, b, h_term, w_term,
+                      padded_kv if pad_count else None, pad_log_weight)
 
 
 def _rel_terms(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, a: int,

@@ -295,10 +295,14 @@ class StepTensorPeak:
 
 
 def _allocation_peak(profiler: Any) -> int | None:
-    """The highest ``total_allocated`` of the CPU allocation events a profiler recorded (None: unavailable).
+    """The most bytes allocated during a profiler's session and alive at once (None: unavailable).
 
-    These events are in the profiler's event tree (``torch._C._profiler``, not public API): if a
-    torch release moves them, the figure is reported as not measured instead of as zero.
+    Replays its CPU allocation events in time order: an allocation adds its size, a free subtracts
+    it only when that block was allocated in this session (a tensor from before it, freed now,
+    was never counted). Not the events' ``total_allocated``: that counter outlives the session
+    and keeps blocks a past session allocated but did not see freed. The events live in the
+    profiler's event tree (``torch._C._profiler``, not public API): if a torch release moves them,
+    the figure is reported as not measured instead of as zero.
     """
     try:
         from torch._C._profiler import _EventType
@@ -306,12 +310,23 @@ def _allocation_peak(profiler: Any) -> int | None:
         stack = list(profiler.profiler.kineto_results.experimental_event_tree())
     except (AttributeError, ImportError, RuntimeError):
         return None
-    peak = 0
-    found = False
+    events: list[tuple[int, int, int]] = []  # (time, pointer, signed size)
     while stack:
         node = stack.pop()
         if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            found = True
-            peak = max(peak, int(node.extra_fields.total_allocated))
+            fields = node.extra_fields
+            events.append((node.start_time_ns, int(fields.ptr), int(fields.alloc_size)))
         stack.extend(node.children)
-    return peak if found else None
+    if not events:
+        return None
+    events.sort(key=lambda event: event[0])  # stable: a free and a reuse at one time keep their order
+    alive: dict[int, int] = {}
+    live = peak = 0
+    for _, pointer, size in events:
+        if size > 0:
+            alive[pointer] = size
+            live += size
+            peak = max(peak, live)
+        elif pointer in alive:
+            live -= alive.pop(pointer)
+    return peak
