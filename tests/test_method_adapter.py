@@ -242,3 +242,23 @@ def test_options_are_checked_and_prepare_runs_once() -> None:
         method.prepare(model)
     encoder = model.sam.image_encoder
     assert model.image_size == 64 and encoder.blocks is encoder.vit.blocks  # what other tools read
+
+
+def test_mean_pool_is_average_pooling_and_keeps_nothing_for_backward() -> None:
+    """``avg_pool2d`` keeps its whole input for a backward that reads only its shape; ours keeps none."""
+    x = torch.randn(2, 8, 32, 32, requires_grad=True)
+    saved: list[torch.Size] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        ours = adapter_net.mean_pool(x, 4)
+    assert saved == []
+    torch.testing.assert_close(ours, torch.nn.functional.avg_pool2d(x, 4))
+    gradient = torch.randn(ours.shape)
+    (ours_grad,) = torch.autograd.grad(ours, x, gradient)
+    (reference_grad,) = torch.autograd.grad(torch.nn.functional.avg_pool2d(x, 4), x, gradient)
+    torch.testing.assert_close(ours_grad, reference_grad)
+    assert adapter_net.mean_pool(x, 1) is x

@@ -13,17 +13,9 @@ from medsaga.model.fast_attention import is_sped_up
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.loop import LoopSettings, train
 from tests.method_helpers import tiny_segmenter
-from tests.test_embedding_cache import SIZE, _Silent, _slices
+from tests.test_embedding_cache import SIZE, _one_thread, _Silent, _slices  # noqa: F401 (autouse fixture)
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", ["galore", "lora"])

@@ -63,7 +63,19 @@ class ConvBlock(nn.Module):
         # In place: BatchNorm's backward needs its input, not its output, so the LeakyReLU may
         # overwrite the output and the block keeps one activation less for backward.
         residual = F.leaky_relu(self.norm(conv_of_x), negative_slope=0.1, inplace=True)
-        return F.avg_pool2d(x + residual, kernel_size=2)
+        return mean_pool(x + residual, 2)
+
+
+def mean_pool(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average of each ``factor × factor`` tile: ``(B, C, h, w)`` → ``(B, C, h/factor, w/factor)``.
+
+    ``avg_pool2d``'s value, but autograd keeps nothing for its backward (``avg_pool2d`` keeps its
+    whole input, of which backward reads only the shape): one full-size map less per block.
+    """
+    if factor == 1:
+        return x
+    batch, channels, height, width = x.shape
+    return x.reshape(batch, channels, height // factor, factor, width // factor, factor).mean(dim=(3, 5))
 
 
 def conv_after_pointwise(block_conv: nn.Conv2d, lift: nn.Conv2d, inputs: torch.Tensor) -> torch.Tensor:
@@ -122,15 +134,15 @@ class ConvAdapter(nn.Module):
         size = images.shape[-2:]
         if size[0] % PATCH_SIZE or size[1] % PATCH_SIZE:
             raise ValueError(f"image sides must be multiples of {PATCH_SIZE}, got {tuple(size)}")
-        grid = (size[0] // PATCH_SIZE, size[1] // PATCH_SIZE)
-        x = F.avg_pool2d(images, self.downsample) if self.downsample > 1 else images
+        grid_height = size[0] // PATCH_SIZE
+        x = mean_pool(images, self.downsample)
         inputs = torch.cat([x, high_pass(x, self.tau)], dim=1)
         x = self.lift(inputs)  # still needed: the first block's residual path adds it
         pooled = []
         for index, block in enumerate(self.blocks):
             conv_of_x = conv_after_pointwise(block.conv, self.lift, inputs) if index == 0 else None
             x = block(x, conv_of_x)
-            pooled.append(F.adaptive_avg_pool2d(x, grid))  # integer ratios: plain average pooling
+            pooled.append(mean_pool(x, x.shape[-2] // grid_height))  # integer ratios
         return torch.tanh(self.project(sum(pooled)))
 
 
