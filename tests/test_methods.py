@@ -158,3 +158,13 @@ def test_loading_into_a_different_model_is_a_clear_error(tmp_path: Path) -> None
     save_trained(method, model, tmp_path)
     with pytest.raises(InputError, match="does not fit the model"):
         load_trained(tmp_path, tiny_segmenter(num_classes=2))
+
+
+def test_the_default_optimizer_is_fused_adamw_for_float_parameters() -> None:
+    model = tiny_segmenter()
+    method = create_method("lora")
+    method.prepare(model)
+    optimizer = method.build_optimizer(model, 1e-3, 0.1)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    model.double()  # float64 is fused too
+    assert method.build_optimizer(model, 1e-3, 0.1).defaults["fused"] is True
