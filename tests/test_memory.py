@@ -221,3 +221,25 @@ def test_the_loop_reports_the_tensor_peak_of_its_second_step(tmp_path) -> None:
     assert peak["held_bytes"] == result.memory.optimizer_state
     assert peak["in_step_bytes"] >= result.memory.saved_activations
     assert peak["in_step_bytes"] >= result.memory.gradients
+
+
+def test_gradient_meter_counts_gradients_alive_together_across_steps() -> None:
+    from medsaga.train.memory import GradientMeter
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(64, 64, bias=False), nn.Linear(64, 32, bias=False))
+
+    piled = net()
+    meter = GradientMeter(piled)
+    for _ in range(3):  # three steps: gradients dropped in between, so the peak does not grow
+        piled.zero_grad(set_to_none=True)
+        meter.gradients_freed()
+        piled(torch.randn(4, 64)).sum().backward()
+    assert meter.peak == (64 * 64 + 64 * 32) * 4
+
+    layerwise = net()
+    for parameter in layerwise.parameters():  # registered first: frees each gradient, as layer-wise GaLore
+        parameter.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+    meter = GradientMeter(layerwise)
+    layerwise(torch.randn(4, 64)).sum().backward()
+    assert meter.peak == 64 * 64 * 4  # the largest single gradient

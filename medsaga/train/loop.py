@@ -185,6 +185,7 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
             torch.manual_seed(_mix(settings.seed, step))  # noise inside methods (Conv-LoRA's gate)
             # Before the profiled step begins: the last step's gradients are not held between steps.
             optimizer.zero_grad(set_to_none=True)
+            gradients.gradients_freed()
             meter: StepTensorPeak | None = None
             if step == profiled_step and device.type != "cuda":  # on CUDA the peak is tensor bytes already
                 meter = StepTensorPeak(optimizer_state_bytes(optimizer) + (cache.nbytes if cache else 0))
