@@ -151,7 +151,7 @@ def _attend_augmented(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     (values zero-padded to the same width, as the CPU flash kernel wants equal head sizes) then
     trains ``q``, ``k``, ``v`` and, through ``h``, ``w`` and ``L``, the relative-position tables,
     keeping only ``O(tokens)`` memory. The price is a wider head: ``d + a + b (+1)`` instead of
-    ``d`` (93 for a 14 × 14 window, 128 for 512's global 32 × 32 grid).
+    ``d``, rounded up to a multiple of 8 (96 for a 14 × 14 window, 128 for 512's global 32 × 32 grid).
     """
     n, heads, tokens, dim = q.shape
     dtype = q.dtype
@@ -174,7 +174,12 @@ def _attend_augmented(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
                                 q.new_ones(heads, 1, 1)], dim=-1)
         k_wide = torch.cat([k_wide, padded_key.expand(n, heads, 1, width)], dim=2)
         v = torch.cat([v, padded_kv[1].to(v.dtype).expand(n, heads, 1, dim)], dim=2)
-    v_wide = F.pad(v, (0, q_wide.shape[-1] - dim))
+    # Zero columns up to a multiple of 8 add nothing to any dot product; CUDA's fused kernels
+    # want head sizes in multiples of 8 and would otherwise fall back to forming the maps.
+    width = -(-q_wide.shape[-1] // 8) * 8
+    q_wide = F.pad(q_wide, (0, width - q_wide.shape[-1]))
+    k_wide = F.pad(k_wide, (0, width - k_wide.shape[-1]))
+    v_wide = F.pad(v, (0, width - dim))
     return F.scaled_dot_product_attention(q_wide, k_wide, v_wide, scale=1.0)[..., :dim]
 
 
