@@ -15,10 +15,11 @@ from medsaga.errors import InputError
 METHODS_HELP = """Entries to measure, comma-separated. An entry is a method name, then optional flags
 (@bf16: bf16 autocast; @ckpt: activation checkpointing; @cache: train on cached frozen-encoder
 outputs, as finetune --cache-embeddings on, for decoder and adapter; the cache's build is timed
-apart), then optional options after a colon, KEY=VALUE separated by commas (the method's own, as in
+apart; @padded: train with SAM's own padded-window attention, as finetune --attention sam), then
+optional options after a colon, KEY=VALUE separated by commas (the method's own, as in
 finetune -o; a list joins its items with '+'). 'all' is every method. Examples: all;
 galore,galore:layerwise=true,full,lora,adapter,decoder; full,full@ckpt,full@bf16@ckpt;
-decoder,decoder@cache,adapter,adapter@cache; galore@ckpt:layerwise=true,rank=4,decoder. Plain
+decoder,decoder@cache,adapter,adapter@cache; lora,lora@padded; galore@ckpt:layerwise=true,rank=4,decoder. Plain
 'full', the reference for the ratios, is added if absent."""
 
 
