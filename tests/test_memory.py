@@ -243,3 +243,16 @@ def test_gradient_meter_counts_gradients_alive_together_across_steps() -> None:
     meter = GradientMeter(layerwise)
     layerwise(torch.randn(4, 64)).sum().backward()
     assert meter.peak == 64 * 64 * 4  # the largest single gradient
+
+
+def test_step_tensor_peak_keeps_the_profilers_native_logging_off_the_terminal(capfd: pytest.CaptureFixture[str]) -> None:
+    before = torch.ones(2**16)
+    with StepTensorPeak(held_bytes=0):
+        del before  # c10 warns natively about a block allocated before profiling started
+        torch.ones(10).sum()
+    assert capfd.readouterr().err == ""
+    with pytest.raises(RuntimeError, match="inside"):
+        with StepTensorPeak(held_bytes=0):
+            raise RuntimeError("inside")
+    os.write(2, b"stderr is back\n")
+    assert capfd.readouterr().err == "stderr is back\n"

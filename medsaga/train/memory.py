@@ -27,7 +27,9 @@ once during one training step, from the profiler's allocation events.
 from __future__ import annotations
 
 import itertools
+import os
 import resource
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -284,12 +286,17 @@ class StepTensorPeak:
     def __enter__(self) -> StepTensorPeak:
         from torch.profiler import ProfilerActivity, profile
 
+        self._quiet = _NativeStderrSilenced()
+        self._quiet.__enter__()
         self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         self._profiler.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._profiler.__exit__(*exc_info)
+        try:
+            self._profiler.__exit__(*exc_info)
+        finally:
+            self._quiet.__exit__()
         if exc_info[0] is None:
             peak = _allocation_peak(self._profiler)
             self.measured = peak is not None
@@ -305,6 +312,28 @@ class StepTensorPeak:
         return {"kind": "profiler allocations", "step": step, "measured": self.measured,
                 "bytes": self.bytes if self.measured else None, "held_bytes": self.held_bytes,
                 "in_step_bytes": self.in_step_bytes if self.measured else None}
+
+
+class _NativeStderrSilenced:
+    """File descriptor 2 sent to ``/dev/null`` meanwhile (restored on exit, whatever happens inside).
+
+    Why: the profiler's native code logs to it directly: kineto's stage lines and c10's warning
+    about blocks allocated before profiling started (every step frees some), noise in the middle
+    of a user's progress bar. Python exceptions are unaffected; a progress refresh that falls in
+    the profiled step is lost.
+    """
+
+    def __enter__(self) -> None:
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        sink = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(sink, 2)
+        os.close(sink)
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
 
 
 def _allocation_peak(profiler: Any) -> int | None:
