@@ -101,7 +101,7 @@ def model_storages(model: nn.Module) -> set[int]:
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor held in the optimizer state."""
-    return sum(value.numel() * value.element_size() for state in optimizer.state.values()
+    return sum(_size(value) for state in optimizer.state.values()
                for value in state.values() if torch.is_tensor(value))
 
 
@@ -160,7 +160,7 @@ class GradientMeter:
         self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in self._parameters]
 
     def _hook(self, parameter: torch.Tensor) -> None:
-        own = parameter.numel() * parameter.element_size()
+        own = _size(parameter)
         key = id(parameter)
         if parameter.grad is not None and key not in self._alive:
             self._alive[key] = own
