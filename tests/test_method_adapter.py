@@ -241,7 +241,7 @@ def test_options_are_checked_and_prepare_runs_once() -> None:
     with pytest.raises(ValueError, match="already"):
         method.prepare(model)
     encoder = model.sam.image_encoder
-    assert model.image_size == 64 and encoder.blocks is encoder.vit.blocks  # what other tools read
+    assert model.image_size == 64 and encoder.wrapped_encoder is encoder.vit  # what the backbone protocol reads
 
 
 def test_mean_pool_is_average_pooling_and_keeps_nothing_for_backward() -> None:

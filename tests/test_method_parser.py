@@ -10,7 +10,8 @@ from torch import nn
 
 from medsaga.errors import InputError
 from medsaga.methods import count_parameters, create_method, load_trained, save_trained
-from medsaga.methods.parser import (DEFAULT_LAYERS, ParserConv2d, ParserLinear, ParserMethod, ParserOptions,
+from medsaga.model.backbone import VitBackbone
+from medsaga.methods.parser import (ParserConv2d, ParserLinear, ParserMethod, ParserOptions,
                                     kept_rank, reconstructed_layers)
 from medsaga.model.build import build_sam
 from medsaga.model.segmenter import SamSegmenter
@@ -182,7 +183,10 @@ def test_options_select_layers_and_rank() -> None:
     options = create_method("parser", {"layers": ["neck.*"], "rank_fraction": 1}).options
     assert options == ParserOptions(layers=("neck.*",), rank_fraction=1.0)
     assert ParserOptions(layers="neck.0").layers == ("neck.0",)
-    assert ParserOptions().layers == DEFAULT_LAYERS
+    assert ParserOptions().layers is None  # the encoder's own list (the backbone protocol's)
+    assert VitBackbone().decomposable_patterns() == (
+        "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.lin1", "blocks.*.mlp.lin2",
+        "patch_embed.proj", "neck.0", "neck.2")
     model, _ = _prepared(ParserOptions(layers=("neck.*", "blocks.1.attn.*"), rank_fraction=0.3))
     encoder = model.sam.image_encoder
     assert [type(m) for m in (encoder.neck[0], encoder.neck[2], encoder.blocks[1].attn.qkv,

@@ -75,11 +75,11 @@ def test_other_image_sizes_are_refused(bad: object) -> None:
 
 
 def test_unknown_type_and_bad_class_count_are_refused() -> None:
-    with pytest.raises(InputError, match="unknown model type 'vit_x'.*vit_b, vit_l, vit_h, tiny"):
+    with pytest.raises(InputError, match="unknown model type .vit_x.*vit_b, vit_l, vit_h, tiny, litemedsam"):
         build_sam("vit_x", num_classes=1)
     with pytest.raises(InputError, match="positive integer"):
         build_sam("tiny", num_classes=0, image_size=256)
-    assert model_types() == ("vit_b", "vit_l", "vit_h", "tiny")
+    assert model_types() == ("vit_b", "vit_l", "vit_h", "tiny", "litemedsam")
 
 
 def test_meta_build_allocates_nothing_but_keeps_pixel_statistics_real() -> None:

@@ -46,9 +46,10 @@ def app() -> typer.Typer:
 
 def test_known_files_are_well_formed() -> None:
     names = [known.filename for known in KNOWN_WEIGHTS]
-    assert names == ["sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth", "medsam_vit_b.pth"]
+    assert names == ["sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth", "medsam_vit_b.pth",
+                     "lite_medsam.pth"]
     for known in KNOWN_WEIGHTS:
-        assert known.model_type in ("vit_b", "vit_l", "vit_h")
+        assert known.model_type in ("vit_b", "vit_l", "vit_h", "litemedsam")
         assert known.sha256 is None or (len(known.sha256) == 64 and HEX.fullmatch(known.sha256))
         assert known.md5 is None or (len(known.md5) == 32 and HEX.fullmatch(known.md5))
         assert known.url.startswith("https://") and known.checksum_source

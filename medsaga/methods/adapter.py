@@ -1,7 +1,8 @@
 """``adapter``: a convolutional adapter in parallel with SAM's frozen image encoder (the seed paper).
 
 A small CNN (:class:`~medsaga.methods.adapter_net.ConvAdapter`) reads the input image and its
-FFT high-pass component and produces a ``(B, 256, S/16, S/16)`` map that is added, scaled, to
+FFT high-pass component and produces a ``(B, 256, g, g)`` map (the embedding's grid: ``S/16`` for
+SAM's ViT, ``S/4`` for LiteMedSAM's TinyViT) that is added, scaled, to
 the frozen ViT's image embedding: ``embedding + scale * tanh(adapter(x))``. The adapter and the
 mask decoder train; the ViT and the prompt encoder stay frozen. Because the adapter sits *beside*
 the ViT rather than inside it, no gradient has to flow through the ViT: its activations are never
@@ -44,7 +45,8 @@ import torch
 from torch import nn
 
 from medsaga.methods.adapter_net import ConvAdapter, ParallelAdaptedEncoder
-from medsaga.methods.base import MethodOptions, TuningMethod, freeze, image_encoder, unfreeze_mask_decoder
+from medsaga.methods.base import (MethodOptions, TuningMethod, encoder_backbone, freeze, image_encoder,
+                                  unfreeze_mask_decoder)
 from medsaga.methods.registry import register
 from medsaga.model.build import PATCH_SIZE
 
@@ -63,7 +65,8 @@ class AdapterOptions(MethodOptions):
         scale: weight of the adapter's tanh output added to the frozen ViT's embedding.
         downsample: the adapter reads the image average-pooled by this factor (2: the reference's
             512-pixel adapter input beside the 1024-pixel ViT); ``downsample * 2**num_blocks``
-            must divide 16 so that every block's output pools evenly onto the S/16 grid.
+            must divide 16 so that every block's output pools (or upsamples) evenly onto the
+            embedding grid.
     """
 
     width: int = 256
@@ -106,10 +109,11 @@ class AdapterMethod(TuningMethod):
             raise ValueError("this model already has a convolutional adapter")
         options: AdapterOptions = self.options  # type: ignore[assignment]
         reference = next(vit.parameters())
+        _, backbone = encoder_backbone(model)
         # Built on the encoder's device ("meta" included, so counting vit_b allocates nothing).
         with torch.device(reference.device):
             adapter = ConvAdapter(width=options.width, num_blocks=options.num_blocks, tau=options.tau,
-                                  downsample=options.downsample)
+                                  downsample=options.downsample, embedding_stride=backbone.embedding_stride)
         adapter.to(dtype=reference.dtype)
         adapter.train(vit.training)
         model.sam.image_encoder = ParallelAdaptedEncoder(vit, adapter, options.scale)

@@ -3,8 +3,8 @@
 Three pieces, each with one job:
 
 * :func:`high_pass`: an ideal FFT high-pass filter (the edges and textures of an image).
-* :class:`ConvAdapter`: a small CNN, image ``(B, 3, S, S)`` → ``(B, 256, S/16, S/16)`` in (-1, 1),
-  the shape of SAM's image embedding.
+* :class:`ConvAdapter`: a small CNN, image ``(B, 3, S, S)`` → ``(B, 256, g, g)`` in (-1, 1),
+  the shape of the image embedding (``g = S/16`` for SAM's ViT, ``S/4`` for LiteMedSAM's TinyViT).
 * :class:`ParallelAdaptedEncoder`: takes the place of ``sam.image_encoder``; runs the ViT under
   ``torch.no_grad()`` and adds ``scale * adapter(x)`` to its embedding. The ViT therefore never
   records an autograd graph (no activations kept for backward, no gradients), whatever the caller's
@@ -107,25 +107,29 @@ def conv_after_pointwise(block_conv: nn.Conv2d, lift: nn.Conv2d, inputs: torch.T
 
 
 class ConvAdapter(nn.Module):
-    """Image ``(B, 3, S, S)`` → additive embedding correction ``(B, 256, S/16, S/16)`` in (-1, 1).
+    """Image ``(B, 3, S, S)`` → additive embedding correction ``(B, 256, g, g)`` in (-1, 1), ``g = S/stride``.
 
     1. Average-pool the image by ``downsample`` (2: the adapter sees a 512-pixel image beside the
        1024-pixel ViT, as in the reference code) and append its :func:`high_pass` → 6 channels.
     2. 1 × 1 convolution to ``width`` channels, then ``num_blocks`` residual :class:`ConvBlock` layers,
        each halving the resolution.
-    3. Each block's output average-pooled to the embedding grid ``S/16``; their sum, projected to
-       256 channels by a 1 × 1 convolution only when ``width != 256``; tanh.
+    3. Each block's output brought onto the embedding grid ``g`` — average-pooled where it is finer,
+       bilinearly upsampled where it is coarser; their sum, projected to 256 channels by a 1 × 1
+       convolution only when ``width != 256``; tanh.
 
     With the defaults the blocks' convolutions run at S/2, S/4 and S/8 and their outputs land at
-    S/4, S/8 and S/16, the last one on the grid. The first block's convolution is computed from the
-    6 input channels through :func:`conv_after_pointwise` (exact, ~1/37 of its direct cost).
+    S/4, S/8 and S/16: for SAM's ViT (``embedding_stride`` 16) the last one is on the grid and
+    the others are pooled onto it; for LiteMedSAM's TinyViT (stride 4) the first one is on the grid
+    and the others are upsampled to it. The first block's convolution is computed from the 6 input
+    channels through :func:`conv_after_pointwise` (exact, ~1/37 of its direct cost).
     """
 
     def __init__(self, *, width: int = 256, num_blocks: int = 3, tau: float = 0.25, downsample: int = 2,
-                 out_channels: int = PROMPT_EMBED_DIM) -> None:
+                 out_channels: int = PROMPT_EMBED_DIM, embedding_stride: int = PATCH_SIZE) -> None:
         super().__init__()
         self.tau = tau
         self.downsample = downsample
+        self.embedding_stride = embedding_stride
         self.lift = nn.Conv2d(6, width, kernel_size=1)
         self.blocks = nn.ModuleList(ConvBlock(width) for _ in range(num_blocks))
         self.project = nn.Conv2d(width, out_channels, kernel_size=1) if width != out_channels else nn.Identity()
@@ -134,7 +138,7 @@ class ConvAdapter(nn.Module):
         size = images.shape[-2:]
         if size[0] % PATCH_SIZE or size[1] % PATCH_SIZE:
             raise ValueError(f"image sides must be multiples of {PATCH_SIZE}, got {tuple(size)}")
-        grid_height = size[0] // PATCH_SIZE
+        grid = (size[0] // self.embedding_stride, size[1] // self.embedding_stride)
         x = mean_pool(images, self.downsample)
         inputs = torch.cat([x, high_pass(x, self.tau)], dim=1)
         x = self.lift(inputs)  # still needed: the first block's residual path adds it
@@ -142,16 +146,25 @@ class ConvAdapter(nn.Module):
         for index, block in enumerate(self.blocks):
             conv_of_x = conv_after_pointwise(block.conv, self.lift, inputs) if index == 0 else None
             x = block(x, conv_of_x)
-            pooled.append(mean_pool(x, x.shape[-2] // grid_height))  # integer ratios
+            pooled.append(_onto_grid(x, grid))
         return torch.tanh(self.project(sum(pooled)))
 
 
+def _onto_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, C, h, w)`` → ``(B, C, *grid)``: mean of tiles where finer (integer ratios), bilinear where coarser."""
+    if x.shape[-2] >= grid[0]:
+        return mean_pool(x, x.shape[-2] // grid[0])
+    return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+
+
 class ParallelAdaptedEncoder(nn.Module):
-    """``sam.image_encoder`` replaced: frozen ViT (no graph) + ``scale`` × :class:`ConvAdapter`.
+    """``sam.image_encoder`` replaced: frozen encoder (``vit``: no graph) + ``scale`` × :class:`ConvAdapter`.
 
     Input ``(B, 3, S, S)`` is what SAM's image encoder receives: the *normalised* image
     (:meth:`~medsaga.model.segmenter.SamSegmenter.normalize`), which the adapter reads too.
-    Output ``(B, 256, S/16, S/16)``: ``vit(x) + scale * adapter(x)``.
+    Output ``(B, 256, g, g)``: ``vit(x) + scale * adapter(x)``. ``vit`` is whichever pretrained
+    encoder the model has (SAM's ViT, or TinyViT; the name is kept so that runs saved before
+    LiteMedSAM keep their tensor names).
 
     The two halves are also reachable apart, for the embedding cache: the ViT's output depends on
     the image alone and can be computed once per training image (``self.vit``, the adapter
@@ -168,10 +181,9 @@ class ParallelAdaptedEncoder(nn.Module):
         self.img_size: int = vit.img_size
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        """The ViT's blocks, for tools that walk ``image_encoder.blocks`` (activation checkpointing
-        wraps them: a no-op here, as the ViT keeps no activations)."""
-        return self.vit.blocks  # type: ignore[no-any-return]
+    def wrapped_encoder(self) -> nn.Module:
+        """The pretrained encoder (what :func:`medsaga.model.backbone.base_encoder` looks for)."""
+        return self.vit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The whole point of the method: the ViT's activations are never saved for backward.

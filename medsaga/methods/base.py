@@ -12,7 +12,10 @@ A method (see DESIGN.md):
 
 The training loop, prediction and the benchmark never branch on a method's name: they call this
 interface. Compare HF PEFT's tuners: each method self-contained behind one protocol, found by name
-in a registry (:mod:`medsaga.methods.registry`).
+in a registry (:mod:`medsaga.methods.registry`). A method never branches on the image encoder
+either: what it needs to know of it (attention layers, linear weights, convolutions, blocks,
+embedding shape) it asks the encoder's :class:`~medsaga.model.backbone.Backbone`
+(:func:`encoder_backbone`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from medsaga.model.backbone import Backbone, backbone_of, base_encoder
 
 # Parameter dtypes torch's fused AdamW takes (on CPU and CUDA).
 FUSED_ADAM_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -174,6 +179,17 @@ def unfreeze(module: nn.Module) -> None:
 def image_encoder(model: nn.Module) -> nn.Module:
     """The SAM image encoder (ViT) inside a segmenter: the one place that knows where it lives."""
     return model.sam.image_encoder  # type: ignore[no-any-return]
+
+
+def base_image_encoder(model: nn.Module) -> nn.Module:
+    """The pretrained image encoder itself (inside a method's wrapper, if one replaced it)."""
+    return base_encoder(image_encoder(model))
+
+
+def encoder_backbone(model: nn.Module) -> tuple[nn.Module, Backbone]:
+    """The pretrained image encoder and its :class:`~medsaga.model.backbone.Backbone`."""
+    encoder = base_image_encoder(model)
+    return encoder, backbone_of(encoder)
 
 
 def mask_decoder(model: nn.Module) -> nn.Module:

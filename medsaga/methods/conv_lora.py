@@ -10,13 +10,16 @@ LoRA adds ``ΔW·x = s · B A x`` beside a frozen linear layer (``A: (r, C)``, `
                                   at i× the grid (upsample, 3×3 conv, GELU, back to h × w)
     qkv[target] += s · B z        (N, h, w, C_target)
 
-Where it applies: the fused ``attn.qkv`` linear of every image-encoder block, replaced by
+Where it applies: the fused ``attn.qkv`` linear of every image-encoder attention layer (the
+encoder's :class:`~medsaga.model.backbone.Backbone` lists them), replaced by
 :class:`ConvLoRAQKV`, which keeps the frozen weight and bias under their own names
 (``…attn.qkv.weight``) so checkpoints still fit. SAM calls ``qkv`` on whatever its block attends
 over: the ``(B, H/16, W/16, C)`` grid in global-attention blocks, but ``(B·windows, 14, 14, C)``
-zero-padded windows in windowed blocks. The experts and the gate see exactly that, as in the
-authors' code (AutoGluon wraps the same ``qkv`` layer of the HF SAM port): in windowed blocks each
-window is a "sample" with its own expert.
+zero-padded windows in windowed blocks (TinyViT: ``(B·windows, w, w, C)`` windows of 7 or 14
+tokens in every block). The experts and the gate see exactly that, as in the authors' code
+(AutoGluon wraps the same ``qkv`` layer of the HF SAM port): in windowed blocks each window is a
+"sample" with its own expert. Where the ``qkv`` output is not ``[q | k | v]`` (TinyViT's is
+head-major) each branch's update is added onto the rows that hold its part.
 
 Targets: ``("q", "v")`` by default — one branch (own ``A``, experts, gate, ``B``) for each of the
 query and value thirds of the ``qkv`` output, as SAMed's LoRA and as AutoGluon's preset asks
@@ -51,7 +54,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medsaga.methods.base import MethodOptions, TuningMethod, freeze, image_encoder, unfreeze_mask_decoder
+from medsaga.methods.base import MethodOptions, TuningMethod, encoder_backbone, freeze, unfreeze_mask_decoder
+from medsaga.model.backbone import AttentionLayer
 from medsaga.methods.conv_lora_moe import MoEConv
 from medsaga.methods.registry import register
 
@@ -131,10 +135,12 @@ class ConvLoRAQKV(nn.Module):
 
     ``weight`` and ``bias`` are the original layer's parameters (same objects, same names), so
     the wrapped model's state dict still holds ``…attn.qkv.weight``/``bias``. Input and output are
-    channels-last token maps: ``(N, h, w, C)`` → ``(N, h, w, 3C)``.
+    channels-last token maps: ``(N, h, w, C)`` → ``(N, h, w, 3C)``. ``layer`` (the encoder's
+    description of the attention layer) places the updates where its output is not ``[q | k | v]``;
+    ``None`` means it is.
     """
 
-    def __init__(self, base: nn.Linear, options: ConvLoRAOptions) -> None:
+    def __init__(self, base: nn.Linear, options: ConvLoRAOptions, layer: AttentionLayer | None = None) -> None:
         super().__init__()
         if base.out_features != 3 * base.in_features:
             raise ValueError(f"expected a qkv layer C → 3C, got {base.in_features} → {base.out_features}")
@@ -149,6 +155,13 @@ class ConvLoRAQKV(nn.Module):
                                    **factory)
             for target in options.targets})
         self._balance_loss: torch.Tensor | None = None
+        head_major = layer is not None and layer.head_major
+        # Non-persistent: the layout is the encoder's, rebuilt with the layer (None: [q | k | v]).
+        for part in QKV_PARTS:
+            self.register_buffer(f"rows_{part}", layer.part_rows(part).to(base.weight.device) if head_major else None,
+                                 persistent=False)
+        order = layer.part_major_order() if head_major and layer is not None else None
+        self.register_buffer("row_order", None if order is None else order.to(base.weight.device), persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 4:
@@ -157,8 +170,13 @@ class ConvLoRAQKV(nn.Module):
         losses = []
         if FUSED_TARGET in self.branches:
             update, loss = self.branches[FUSED_TARGET](tokens)
-            output = output + update
+            output = output + (update if self.row_order is None else update[..., self.row_order])
             losses.append(loss)
+        elif self.row_order is not None:
+            for target, branch in self.branches.items():
+                update, loss = branch(tokens)
+                output = output.index_add(-1, getattr(self, f"rows_{target}"), update)
+                losses.append(loss)
         else:
             parts = list(output.split(self.in_features, dim=-1))
             for target, branch in self.branches.items():
@@ -178,7 +196,7 @@ class ConvLoRAQKV(nn.Module):
 
 
 def conv_lora_layers(model: nn.Module) -> list[ConvLoRAQKV]:
-    """The wrapped ``qkv`` layers of a prepared model, in block order."""
+    """The wrapped ``qkv`` layers of a prepared model, in forward order."""
     return [module for module in model.modules() if isinstance(module, ConvLoRAQKV)]
 
 
@@ -196,13 +214,14 @@ class ConvLoRAMethod(TuningMethod):
     def prepare(self, model: nn.Module) -> None:
         options: ConvLoRAOptions = self.options  # type: ignore[assignment]
         freeze(model)
-        for index, block in enumerate(image_encoder(model).blocks):
-            qkv = block.attn.qkv
+        encoder, backbone = encoder_backbone(model)
+        for index, layer in enumerate(backbone.attention_layers(encoder)):
+            qkv = layer.module.qkv
             if isinstance(qkv, ConvLoRAQKV):
                 raise ValueError(f"block {index} already has Conv-LoRA: prepare a model only once")
             if not isinstance(qkv, nn.Linear):
                 raise TypeError(f"block {index}: attn.qkv is {type(qkv).__name__}, expected nn.Linear")
-            block.attn.qkv = ConvLoRAQKV(qkv, options)  # its new parameters require gradients
+            layer.module.qkv = ConvLoRAQKV(qkv, options, layer)  # its new parameters require gradients
         unfreeze_mask_decoder(model)
 
     def auxiliary_loss(self, model: nn.Module) -> torch.Tensor | None:

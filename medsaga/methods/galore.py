@@ -2,10 +2,13 @@
 
 GaLore keeps every encoder weight trainable but stores Adam's moments in a rank-``r`` projection
 of each 2-D weight's gradient (``(r, n)`` instead of ``(m, n)``), so the optimizer state of the
-encoder shrinks by ``m / r``. Where it applies: the ``qkv``, ``proj``, ``mlp.lin1`` and
-``mlp.lin2`` weights of every encoder block. Everything else that trains — patch embedding, neck
-convolutions, relative-position tables, norms, biases, the absolute position embedding, and the
-whole mask decoder — uses plain AdamW in a second group of the same optimizer.
+encoder shrinks by ``m / r``. Where it applies: the blocks' linear weights, by role (the encoder's
+:class:`~medsaga.model.backbone.Backbone` says which they are): ``qkv``, ``proj``, ``lin1`` (MLP
+in) and ``lin2`` (MLP out) — ``attn.qkv``, ``attn.proj``, ``mlp.lin1``, ``mlp.lin2`` of every ViT
+block, ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` of every TinyViT attention block.
+Everything else that trains — patch embedding, convolutions (the neck, TinyViT's MBConvs and patch
+mergings), relative-position tables or attention biases, norms, biases, the absolute position
+embedding, and the whole mask decoder — uses plain AdamW in a second group of the same optimizer.
 
 Defaults follow the MedSAGa code (:mod:`medsaga.optim.defaults`): rank 8 (4 to 8 is the useful
 range), a projection refresh every 200 steps, scale 0.25, lr 5e-3 with warm-up and poly decay.
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medsaga.methods.base import (MethodOptions, TuningMethod, freeze, image_encoder, unfreeze,
+from medsaga.methods.base import (MethodOptions, TuningMethod, encoder_backbone, freeze, image_encoder, unfreeze,
                                   unfreeze_mask_decoder)
 from medsaga.methods.registry import register
 from medsaga.optim import GaLoreAdamW, defaults
@@ -39,7 +42,8 @@ class GaLoreOptions(MethodOptions):
         svd: ``"randomized"`` (seeded range finder) or ``"full"`` (exact, as galore-torch).
         layerwise: apply each weight's update in its gradient hook during backward and free the
             gradient at once (no gradient accumulation, no global clipping in this mode).
-        targets: names of the encoder blocks' linear layers that GaLore projects.
+        targets: roles of the encoder blocks' linear layers that GaLore projects (``qkv``,
+            ``proj``, ``lin1``: the MLP's first, ``lin2``: its second).
     """
 
     rank: int = defaults.DEFAULT_RANK
@@ -81,9 +85,9 @@ class GaLoreMethod(TuningMethod):
     def projected_weights(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """``(name in model, weight)`` of the encoder blocks' targeted 2-D linear weights, in order."""
         options: GaLoreOptions = self.options  # type: ignore[assignment]
-        targeted = {id(module.weight) for name, module in image_encoder(model).named_modules()
-                    if isinstance(module, nn.Linear) and name.startswith("blocks.")
-                    and name.split(".")[-1] in options.targets}
+        encoder, backbone = encoder_backbone(model)
+        targeted = {id(module.weight) for _, role, module in backbone.linear_layers(encoder)
+                    if isinstance(module, nn.Linear) and role in options.targets}
         return [(name, parameter) for name, parameter in model.named_parameters() if id(parameter) in targeted]
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -1,10 +1,14 @@
 """``lora``: SAMed — low-rank updates on the query and value projections of the image encoder.
 
-Each encoder block computes its queries, keys and values with one fused Linear ``qkv``
+Each encoder attention layer computes its queries, keys and values with one fused Linear ``qkv``
 (``C -> 3C``). SAMed leaves that weight frozen and adds a trainable rank-``r`` update to the
-query and value thirds of its output::
+query and value parts of its output::
 
     qkv'(x) = qkv(x) + scaling · [B_q A_q x,  0,  B_v A_v x]        A: (r, C),  B: (C, r)
+
+(written for SAM's ViT, whose ``qkv`` output is ``[q | k | v]``; TinyViT's is head-major, per head
+``[q_h, k_h, v_h]``, and the same update lands on the rows that hold q and v there, as the
+encoder's :class:`~medsaga.model.backbone.AttentionLayer` says).
 
 ``A`` starts as ``nn.Linear``'s default (Kaiming-uniform with ``a = sqrt(5)``, fan-in ``C``) and
 ``B`` at zero, so the adapted model equals the pre-trained one at step 0. The mask decoder trains
@@ -31,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsaga.errors import InputError
-from medsaga.methods.base import MethodOptions, TuningMethod, freeze, image_encoder, unfreeze_mask_decoder
+from medsaga.methods.base import MethodOptions, TuningMethod, encoder_backbone, freeze, unfreeze_mask_decoder
 from medsaga.methods.registry import register
 
 QKV_PARTS = ("q", "k", "v")
@@ -63,16 +67,21 @@ class LoRAQKV(nn.Module):
             in q, k, v order).
         lora_b ``(T, C, r)``: the up-projections ``B_t``, zero at construction.
         placement ``(3, T)``: non-persistent one-hot buffer, column ``t`` marks target ``t``'s third.
+        row_order ``(3C,)`` or ``None``: non-persistent; where the output's rows are not
+            ``[q | k | v]`` (TinyViT's head-major qkv), output row ``i`` is row ``row_order[i]`` of
+            that layout.
 
     Args:
         qkv: the Linear to adapt; ``out_features`` must be ``3 · in_features``.
         rank: ``r``.
         targets: which of ``"q"``, ``"k"``, ``"v"`` get an update.
         scaling: factor on the update (``alpha / rank`` in LoRA's notation; SAMed uses 1).
+        row_order: the layout of ``qkv``'s output (:meth:`AttentionLayer.part_major_order
+            <medsaga.model.backbone.AttentionLayer.part_major_order>`); ``None``: ``[q | k | v]``.
     """
 
     def __init__(self, qkv: nn.Linear, rank: int, targets: Sequence[str] = ("q", "v"),
-                 scaling: float = 1.0) -> None:
+                 scaling: float = 1.0, row_order: torch.Tensor | None = None) -> None:
         super().__init__()
         if qkv.out_features != 3 * qkv.in_features:
             raise ValueError(f"not a fused qkv Linear: {qkv.in_features} -> {qkv.out_features}")
@@ -89,6 +98,9 @@ class LoRAQKV(nn.Module):
         self.lora_b = nn.Parameter(torch.empty(count, width, self.rank, **factory))
         thirds = [QKV_PARTS.index(target) for target in self.targets]
         self.register_buffer("placement", torch.eye(3, **factory)[:, thirds], persistent=False)
+        self.row_order: torch.Tensor | None
+        self.register_buffer("row_order", None if row_order is None else row_order.to(qkv.weight.device),
+                             persistent=False)
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
@@ -104,10 +116,11 @@ class LoRAQKV(nn.Module):
         return self.lora_a.flatten(0, 1)
 
     def up_projection(self) -> torch.Tensor:
-        """``scaling · B`` placed into the thirds: ``(3C, T·r)``, exactly zero in untargeted rows."""
+        """``scaling · B`` placed into the targeted rows: ``(3C, T·r)``, exactly zero in the others."""
         count, width, rank = self.lora_b.shape
         placed = torch.einsum("jt,tcr->jctr", self.placement, self.lora_b)  # (3, C, T, r)
-        return placed.reshape(3 * width, count * rank) * self.scaling
+        placed = placed.reshape(3 * width, count * rank) * self.scaling
+        return placed if self.row_order is None else placed[self.row_order]
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a dense matrix ``ΔW = up · down``: ``(3C, C)``."""
@@ -175,8 +188,9 @@ class LoRAOptions(MethodOptions):
             LoRA convention, e.g. ``alpha = 2·rank`` doubles the update's step size.
         targets: which thirds of each block's fused qkv projection are adapted, among ``"q"``,
             ``"k"``, ``"v"`` (SAMed: q and v); a single name is accepted.
-        blocks: indexes of the encoder blocks to adapt (0-based); default ``None``: all of them,
-            as SAMed. A single index is accepted.
+        blocks: indexes of the encoder's attention layers to adapt (0-based, in forward order: a
+            ViT's blocks; TinyViT's 10 attention blocks); default ``None``: all of them, as SAMed.
+            A single index is accepted.
     """
 
     rank: int = 4
@@ -222,26 +236,29 @@ class LoRAMethod(TuningMethod):
     default_lr = 0.005
 
     def prepare(self, model: nn.Module) -> None:
-        """Freeze ``model``, wrap the chosen blocks' ``attn.qkv`` in :class:`LoRAQKV`, unfreeze the
-        mask decoder. Deterministic in structure (same names on every call); ``A`` draws from the
-        global torch RNG.
+        """Freeze ``model``, wrap the chosen attention layers' ``qkv`` in :class:`LoRAQKV`, unfreeze
+        the mask decoder. Deterministic in structure (same names on every call); ``A`` draws from
+        the global torch RNG.
 
         Raises:
-            InputError: ``blocks`` names a block the encoder does not have.
+            InputError: ``blocks`` names an attention layer the encoder does not have.
         """
         options: LoRAOptions = self.options  # type: ignore[assignment]
         freeze(model)
-        blocks = image_encoder(model).blocks
-        chosen = options.blocks if options.blocks is not None else range(len(blocks))
-        outside = [index for index in chosen if index >= len(blocks)]
+        encoder, backbone = encoder_backbone(model)
+        layers = backbone.attention_layers(encoder)
+        chosen = options.blocks if options.blocks is not None else range(len(layers))
+        outside = [index for index in chosen if index >= len(layers)]
         if outside:
-            raise InputError(f"lora blocks {outside} do not exist: the image encoder has {len(blocks)} "
-                             f"blocks (0 to {len(blocks) - 1})")
+            raise InputError(f"lora blocks {outside} do not exist: the image encoder has {len(layers)} "
+                             f"attention blocks (0 to {len(layers) - 1})")
         for index in chosen:
-            attention = blocks[index].attn
+            layer = layers[index]
+            attention = layer.module
             if isinstance(attention.qkv, LoRAQKV):
                 raise ValueError(f"block {index} already carries LoRA: prepare the model only once")
-            attention.qkv = LoRAQKV(attention.qkv, options.rank, options.targets, options.scaling)
+            attention.qkv = LoRAQKV(attention.qkv, options.rank, options.targets, options.scaling,
+                                    row_order=layer.part_major_order())
         unfreeze_mask_decoder(model)
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -48,13 +48,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsaga.errors import InputError
-from medsaga.methods.base import MethodOptions, TuningMethod, freeze, image_encoder, unfreeze_mask_decoder
+from medsaga.methods.base import (MethodOptions, TuningMethod, base_image_encoder, encoder_backbone, freeze,
+                                  unfreeze_mask_decoder)
 from medsaga.methods.registry import register
-
-# Module names inside the image encoder: the four linear layers of every block, the patch
-# embedding's 16 x 16 convolution and the neck's 1 x 1 and 3 x 3 convolutions.
-DEFAULT_LAYERS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.lin1", "blocks.*.mlp.lin2",
-                  "patch_embed.proj", "neck.0", "neck.2")
 
 
 @dataclass(frozen=True)
@@ -65,8 +61,11 @@ class ParserOptions(MethodOptions):
         layers: which image-encoder layers are reconstructed, as shell-style patterns
             (``fnmatch``, case-sensitive, ``*`` also crosses dots) on the module names inside the
             image encoder. Only ``nn.Linear`` and ``nn.Conv2d`` modules are considered; every
-            pattern must match at least one. Default: ``qkv``, ``proj``, ``lin1``, ``lin2`` of every
-            block, ``patch_embed.proj`` and the neck's two convolutions (``neck.0``, ``neck.2``).
+            pattern must match at least one. Default ``None``: the encoder's own list
+            (:meth:`Backbone.decomposable_patterns <medsaga.model.backbone.Backbone.decomposable_patterns>`):
+            for SAM's ViT ``qkv``, ``proj``, ``lin1``, ``lin2`` of every block, ``patch_embed.proj``
+            and the neck's two convolutions (``neck.0``, ``neck.2``); for TinyViT every
+            convolution and linear.
         rank_fraction: keep the top ``ceil(rank_fraction · min(out, in))`` singular values of each
             weight (at least one), in (0, 1]. 1.0 keeps them all, so the model's output is
             unchanged at initialisation. Below 1.0 the dropped singular directions are gone for
@@ -74,14 +73,16 @@ class ParserOptions(MethodOptions):
             directions (in exchange ``U``/``V`` and the trainable count shrink).
     """
 
-    layers: tuple[str, ...] = DEFAULT_LAYERS
+    layers: tuple[str, ...] | None = None
     rank_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        # JSON gives lists back, a command line may give one string: keep a tuple of strings.
-        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
-        object.__setattr__(self, "layers", layers)
-        if not layers or not all(isinstance(pattern, str) and pattern for pattern in layers):
+        if self.layers is not None:
+            # JSON gives lists back, a command line may give one string: keep a tuple of strings.
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            object.__setattr__(self, "layers", layers)
+        if self.layers is not None and (
+                not self.layers or not all(isinstance(pattern, str) and pattern for pattern in self.layers)):
             raise ValueError(f"layers must be one or more non-empty name patterns, got {self.layers!r}")
         if isinstance(self.rank_fraction, bool) or not 0.0 < float(self.rank_fraction) <= 1.0:
             raise ValueError(f"rank_fraction must be in (0, 1], got {self.rank_fraction!r}")
@@ -178,12 +179,19 @@ class ParserConv2d(ReconstructedWeight):
             raise ValueError(f"only zero-padded convolutions are supported, got {conv.padding_mode!r}")
         super().__init__(conv.weight, conv.bias, rank_fraction)
         self.kernel_shape = tuple(conv.weight.shape)
-        self.stride, self.padding = conv.stride, conv.padding
+        # nn.Conv2d's attributes, so that code that reads a convolution's hyper-parameters and
+        # weight (TinyViT folds its BatchNorms into them) takes this drop-in as it takes the original.
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The recomposed kernel ``(out, in/groups, kh, kw)`` (a fresh tensor: gradients reach ``S``)."""
+        return self.weight_matrix().view(self.kernel_shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = self.weight_matrix().view(self.kernel_shape)
-        return F.conv2d(x, kernel, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, kernel={self.kernel_shape}, stride={self.stride}, "
@@ -207,7 +215,7 @@ def select_layers(encoder: nn.Module, patterns: tuple[str, ...]) -> list[str]:
 
 def reconstructed_layers(model: nn.Module) -> list[ReconstructedWeight]:
     """The wrapped layers of ``model``'s image encoder, in module order."""
-    return [module for module in image_encoder(model).modules() if isinstance(module, ReconstructedWeight)]
+    return [module for module in base_image_encoder(model).modules() if isinstance(module, ReconstructedWeight)]
 
 
 @register
@@ -232,9 +240,10 @@ class ParserMethod(TuningMethod):
     def prepare(self, model: nn.Module) -> None:
         options: ParserOptions = self.options  # type: ignore[assignment]
         freeze(model)
-        encoder = image_encoder(model)
+        encoder, backbone = encoder_backbone(model)
+        patterns = options.layers if options.layers is not None else backbone.decomposable_patterns()
         # Deterministic: names in module order, so a fresh model prepared alike has the same keys.
-        for name in select_layers(encoder, options.layers):
+        for name in select_layers(encoder, patterns):
             parent_name, _, child_name = name.rpartition(".")
             parent = encoder.get_submodule(parent_name)
             layer = getattr(parent, child_name)

@@ -1,8 +1,11 @@
 """Build SAM from segment-anything's own model classes, by name, at any input size.
 
-The registry holds one :class:`EncoderSpec` per model type: the three official ViT image encoders
-(hyper-parameters as in segment-anything's ``build_sam.py``) and ``tiny``, a two-block encoder for
-tests and the demo. Everything around the image encoder is the official construction for every type:
+The registry holds one :class:`EncoderSpec` per ViT model type: the three official ViT image
+encoders (hyper-parameters as in segment-anything's ``build_sam.py``) and ``tiny``, a two-block
+encoder for tests. ``litemedsam`` is LiteMedSAM: segment-anything's prompt encoder and mask decoder
+around medsaga's TinyViT (:mod:`medsaga.model.tiny_vit`), whose image embedding is ``(S/4, S/4)``
+instead of the ViT's ``(S/16, S/16)``, reading the image in [0, 1] as it is (no ImageNet
+mean/std). Everything around the image encoder is the official construction for every type:
 
 * prompt embedding dimension 256, so the prompt encoder and the mask decoder (a two-layer
   ``TwoWayTransformer``, MLP width 2048, 8 heads) are the official ones with the official shapes,
@@ -10,11 +13,14 @@ tests and the demo. Everything around the image encoder is the official construc
   official means decoder-side tuning and checkpoint adaptation behave on ``tiny`` as on ``vit_b``.
 * ``num_multimask_outputs = num_classes``: the decoder then owns ``num_classes + 1`` mask tokens,
   hypernetwork MLPs and IoU outputs, one per output channel (background + classes), as in SAMed.
-* pixel mean/std in 0..255 units, as the official checkpoints expect.
+* pixel mean/std in 0..255 units, as the official checkpoints expect (LiteMedSAM: 0 and 255, so
+  that SAM's own ``preprocess`` would map 0..255 to [0, 1]; medsaga normalises through
+  :mod:`medsaga.model.backbone`).
 
-The input size may be any positive multiple of 16 (256, 512 and 1024 are the usual ones); the
-image embedding is then ``(S/16, S/16)`` and the decoder's low-resolution masks ``(S/4, S/4)``.
-Nothing here reads a file: weights come from :mod:`medsaga.model.checkpoint`.
+The input size may be any positive multiple of 16 (256, 512 and 1024 are the usual ones; LiteMedSAM
+was trained at 256); the image embedding is then ``(S/16, S/16)`` (``(S/4, S/4)`` for LiteMedSAM)
+and the decoder's low-resolution masks four times finer. Nothing here reads a file: weights come
+from :mod:`medsaga.model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -75,19 +81,37 @@ ENCODER_SPECS: dict[str, EncoderSpec] = {
     )
 }
 OFFICIAL_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+LITEMEDSAM = "litemedsam"
+LITEMEDSAM_IMAGE_SIZE = 256  # the size LiteMedSAM was trained (distilled) at
+LITEMEDSAM_PIXEL_MEAN = (0.0, 0.0, 0.0)
+LITEMEDSAM_PIXEL_STD = (255.0, 255.0, 255.0)
+VIT_DEFAULT_IMAGE_SIZE = 512  # finetune's default for the ViTs: SAMed/MedSAGa train at 512
 
 
 def model_types() -> tuple[str, ...]:
     """Names accepted by :func:`build_sam`."""
-    return tuple(ENCODER_SPECS)
+    return (*ENCODER_SPECS, LITEMEDSAM)
+
+
+def check_model_type(model_type: str) -> str:
+    """``model_type`` if :func:`build_sam` knows it; an unknown name is an :class:`InputError`."""
+    if model_type not in model_types():
+        raise InputError(f"unknown model type {model_type!r}; choose one of {', '.join(model_types())}")
+    return model_type
+
+
+def default_image_size(model_type: str) -> int:
+    """The input size ``finetune`` uses when none is given: LiteMedSAM's own 256, else 512."""
+    return LITEMEDSAM_IMAGE_SIZE if model_type == LITEMEDSAM else VIT_DEFAULT_IMAGE_SIZE
 
 
 def encoder_spec(model_type: str) -> EncoderSpec:
-    """The spec registered under ``model_type``; an unknown name is an :class:`InputError`."""
+    """The ViT spec registered under ``model_type``; an unknown name is an :class:`InputError`."""
     try:
         return ENCODER_SPECS[model_type]
     except KeyError:
-        raise InputError(f"unknown model type {model_type!r}; choose one of {', '.join(ENCODER_SPECS)}") from None
+        check_model_type(model_type)
+        raise InputError(f"{model_type} has no ViT image encoder") from None
 
 
 def check_image_size(image_size: int) -> int:
@@ -110,15 +134,21 @@ def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED
     reach vit_h's layout and how :func:`~medsaga.model.checkpoint.build_sam_from_checkpoint` avoids
     a throw-away random initialisation. The model is left in train mode.
     """
-    spec = encoder_spec(model_type)
+    check_model_type(model_type)
     image_size = check_image_size(image_size)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InputError(f"number of classes must be a positive integer, got {num_classes!r}")
     modeling = sam_modeling()
-    grid = image_size // PATCH_SIZE
     with torch.device(device) if device is not None else nullcontext():
-        sam = modeling.Sam(
-            image_encoder=modeling.ImageEncoderViT(
+        if model_type == LITEMEDSAM:
+            from medsaga.model.tiny_vit import TinyViT
+
+            encoder: nn.Module = TinyViT(img_size=image_size, out_chans=PROMPT_EMBED_DIM)
+            grid = image_size // encoder.embedding_stride
+            pixel_mean, pixel_std = LITEMEDSAM_PIXEL_MEAN, LITEMEDSAM_PIXEL_STD
+        else:
+            spec = ENCODER_SPECS[model_type]
+            encoder = modeling.ImageEncoderViT(
                 img_size=image_size,
                 patch_size=PATCH_SIZE,
                 embed_dim=spec.embed_dim,
@@ -131,7 +161,10 @@ def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED
                 use_rel_pos=True,
                 window_size=WINDOW_SIZE,
                 global_attn_indexes=spec.global_attn_indexes,
-            ),
+            )
+            grid, pixel_mean, pixel_std = image_size // PATCH_SIZE, PIXEL_MEAN, PIXEL_STD
+        sam = modeling.Sam(
+            image_encoder=encoder,
             prompt_encoder=modeling.PromptEncoder(
                 embed_dim=PROMPT_EMBED_DIM,
                 image_embedding_size=(grid, grid),
@@ -146,16 +179,16 @@ def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED
                 iou_head_depth=3,
                 iou_head_hidden_dim=256,
             ),
-            pixel_mean=list(PIXEL_MEAN),
-            pixel_std=list(PIXEL_STD),
+            pixel_mean=list(pixel_mean),
+            pixel_std=list(pixel_std),
         )
     if device is not None and torch.device(device).type != "meta":
         # Sam builds pixel_mean/std with the legacy torch.Tensor(list) constructor, which ignores
         # the device context: move the two buffers to where the parameters are. On "meta" they
         # stay real CPU tensors: they are not in any state dict (non-persistent), so a model
         # filled from a checkpoint with assign=True would otherwise keep them unallocated.
-        sam.pixel_mean = sam.pixel_mean.to(device)
-        sam.pixel_std = sam.pixel_std.to(device)
+        # (TinyViT's offset tables are made on the CPU for the same reason.)
+        sam.to(device)
     return sam
 
 

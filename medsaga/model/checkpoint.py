@@ -1,7 +1,9 @@
 """Read SAM checkpoints and load them, strictly, into a model of any input size and class count.
 
 Files: the official Meta checkpoints (``sam_vit_{b,l,h}_*.pth``) and MedSAM's ``medsam_vit_b.pth``
-share one key layout (``image_encoder.blocks.0.attn.qkv.weight``, ...). They are read with
+share one key layout (``image_encoder.blocks.0.attn.qkv.weight``, ...); LiteMedSAM's
+``lite_medsam.pth`` has TinyViT's (``image_encoder.patch_embed.seq.0.c.weight``, ...) around the
+same prompt encoder and mask decoder. They are read with
 ``torch.load(path, map_location="cpu", weights_only=True)``: no code from a file ever runs. A
 training checkpoint that wraps the state dict as ``{"model": ...}`` or ``{"state_dict": ...}`` is
 unwrapped, and the report says so. Everything wrong with a file is an :class:`InputError` that says
@@ -12,7 +14,8 @@ shape must match the model, or nothing is loaded.
 
 1. ``image_encoder.pos_embed`` is resized bicubically to the model's patch grid;
 2. the global-attention blocks' ``rel_pos_h/w`` are resized linearly to ``2·grid − 1`` rows
-   (both in :mod:`medsaga.model.resize`; windowed blocks never change);
+   (both in :mod:`medsaga.model.resize`; windowed blocks never change; TinyViT has neither: its
+   attention biases are per window offset, the same at any input size);
 3. the decoder's per-mask heads are fitted to ``num_classes + 1`` masks
    (:mod:`medsaga.model.mask_heads`: mask ``j`` takes checkpoint mask ``j mod 4``).
 
@@ -35,6 +38,8 @@ import torch
 from medsaga.errors import InputError
 from medsaga.model.build import (
     ENCODER_SPECS,
+    LITEMEDSAM,
+    LITEMEDSAM_IMAGE_SIZE,
     PATCH_SIZE,
     EncoderSpec,
     build_sam,
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
 PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
+TINY_VIT_PATCH_EMBED = "image_encoder.patch_embed.seq.0.c.weight"  # LiteMedSAM's first 1 x 1 conv
 POS_EMBED = "image_encoder.pos_embed"
 WRAPPER_KEYS = ("model", "state_dict")  # how training scripts commonly nest a state dict
 _BLOCK_KEY = re.compile(r"image_encoder\.blocks\.(\d+)\.")
@@ -151,7 +157,7 @@ def _as_state_dict(loaded: object, path: Path) -> tuple[dict[str, torch.Tensor],
         raise InputError(f"expected a state dict (a mapping of names to tensors), found a {type(loaded).__name__}",
                          path)
     wrapper = None
-    if PATCH_EMBED not in loaded:
+    if PATCH_EMBED not in loaded and TINY_VIT_PATCH_EMBED not in loaded:
         for key in WRAPPER_KEYS:
             if isinstance(loaded.get(key), Mapping):
                 wrapper, loaded = key, loaded[key]
@@ -171,11 +177,15 @@ def _as_state_dict(loaded: object, path: Path) -> tuple[dict[str, torch.Tensor],
 
 
 def detect_model_type(state_dict: Mapping[str, torch.Tensor], path: str | Path | None = None) -> str:
-    """``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny``, from the patch-embedding width and the block count.
+    """``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny``, from the patch-embedding width and the block
+    count, or ``litemedsam`` from TinyViT's patch embedding.
 
     Works on any input size (the grid does not enter) and on meta tensors. A state dict that is not
     SAM's, or whose shapes match no registered type, is an :class:`InputError` naming what was found.
+    (LiteMedSAM's exact shapes are then checked by the strict load.)
     """
+    if TINY_VIT_PATCH_EMBED in state_dict:
+        return LITEMEDSAM
     patch = state_dict.get(PATCH_EMBED)
     if patch is None or patch.dim() != 4:
         raise InputError(f"not a SAM state dict: no {PATCH_EMBED!r} entry "
@@ -195,7 +205,10 @@ def detect_model_type(state_dict: Mapping[str, torch.Tensor], path: str | Path |
 
 
 def source_image_size(state_dict: Mapping[str, torch.Tensor], path: str | Path | None = None) -> int:
-    """The input size a state dict's ``pos_embed`` was made for (1024 for the official files)."""
+    """The input size a state dict's ``pos_embed`` was made for (1024 for the official files;
+    256 for LiteMedSAM, whose tensors do not depend on the size)."""
+    if TINY_VIT_PATCH_EMBED in state_dict:
+        return LITEMEDSAM_IMAGE_SIZE
     pos_embed = state_dict.get(POS_EMBED)
     if pos_embed is None or pos_embed.dim() != 4 or pos_embed.shape[1] != pos_embed.shape[2]:
         found = "none" if pos_embed is None else tuple(pos_embed.shape)
@@ -208,17 +221,20 @@ def source_image_size(state_dict: Mapping[str, torch.Tensor], path: str | Path |
 
 
 def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
-                     spec: EncoderSpec, path: str | Path | None = None,
+                     spec: EncoderSpec | None, path: str | Path | None = None,
                      ) -> tuple[dict[str, torch.Tensor], tuple[str, ...], tuple[int, ...]]:
     """Resize the positional tables and fit the mask heads of ``state_dict`` to ``model_state``'s shapes.
 
-    Returns the adapted state dict, the keys that were resized, and the mask-head sources. Keys
-    not named in the module docstring pass through untouched (same tensor objects).
+    ``spec`` is the ViT's (``None`` for an encoder without positional tables: TinyViT). Returns the
+    adapted state dict, the keys that were resized, and the mask-head sources. Keys not named in
+    the module docstring pass through untouched (same tensor objects).
     """
-    grid = int(model_state[POS_EMBED].shape[1])
-    source_grid = source_image_size(state_dict, path) // PATCH_SIZE
     adapted, sources = adapt_mask_heads(state_dict, int(model_state["mask_decoder.mask_tokens.weight"].shape[0]))
     resized: list[str] = []
+    if spec is None:
+        return adapted, (), sources
+    grid = int(model_state[POS_EMBED].shape[1])
+    source_grid = source_image_size(state_dict, path) // PATCH_SIZE
     if source_grid != grid:
         adapted[POS_EMBED] = resize_pos_embed(adapted[POS_EMBED], grid)
         resized.append(POS_EMBED)
@@ -260,7 +276,7 @@ def validate_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | Path
     num_masks = num_mask_heads(state_dict) or 4
     model = build_sam(model_type, num_classes=max(num_masks - 1, 1), image_size=image_size, device="meta")
     model_state = model.state_dict()
-    adapted, _, _ = adapt_state_dict(state_dict, model_state, ENCODER_SPECS[model_type], path)
+    adapted, _, _ = adapt_state_dict(state_dict, model_state, ENCODER_SPECS.get(model_type), path)
     check_layout(adapted, model_state, model_type, path)
     return model_type
 
@@ -277,7 +293,7 @@ def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, path: st
     model_type = detect_model_type(model_state)
     if file_type != model_type:
         raise InputError(f"the checkpoint holds {file_type} weights but the model is {model_type}", path)
-    spec = ENCODER_SPECS[model_type]
+    spec = ENCODER_SPECS.get(model_type)
     source_size = source_image_size(state_dict, path)
     source_masks = num_mask_heads(state_dict) or 0
     adapted, resized, sources = adapt_state_dict(state_dict, model_state, spec, path)
@@ -286,7 +302,7 @@ def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, path: st
         assign = any(p.is_meta for p in model.parameters())
     model.load_state_dict(adapted, strict=True, assign=assign)
     return LoadReport(model_type=model_type, source_image_size=source_size,
-                      image_size=int(model_state[POS_EMBED].shape[1]) * PATCH_SIZE, resized=resized,
+                      image_size=int(model.image_encoder.img_size), resized=resized,
                       mask_head_sources=sources, source_num_masks=source_masks, unwrapped_from=unwrapped_from)
 
 

@@ -53,13 +53,11 @@ from __future__ import annotations
 
 import importlib
 import math
-from types import SimpleNamespace
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medsaga.model.activation_checkpointing import checkpoint_encoder_blocks
+from medsaga.model.activation_checkpointing import checkpoint_modules
 from medsaga.model.sam_import import sam_modeling
 
 sam_modeling()  # registers the bare segment_anything package (no torchvision)
@@ -394,7 +392,7 @@ def _swap_classes(image_encoder: nn.Module, classes: dict[type[nn.Module], type[
     for module in modules:
         module.__class__ = classes[type(module)]
     if wrapped:
-        checkpoint_encoder_blocks(SimpleNamespace(blocks=wrapped))
+        checkpoint_modules(wrapped)
     return len(blocks)
 
 

@@ -17,9 +17,12 @@ output depends on that image alone (tested). Expanding the sparse prompts to B w
 decoder pair every image with every prompt (B² masks). The dense (no-mask) embedding is expanded
 to B, a free view.
 
-Shapes: images ``(B, 3, S, S)`` float in [0, 1] → embeddings ``(B, 256, S/16, S/16)`` →
-low-resolution logits ``(B, C+1, S/4, S/4)`` → :func:`upsample_logits` ``(B, C+1, S, S)`` →
-:func:`logits_to_labels` ``(B, S, S)`` int64.
+Shapes: images ``(B, 3, S, S)`` float in [0, 1] → embeddings ``(B, 256, g, g)`` (``g = S/16`` for
+SAM's ViT, ``S/4`` for LiteMedSAM's TinyViT) → low-resolution logits ``(B, C+1, 4g, 4g)`` →
+:func:`upsample_logits` ``(B, C+1, S, S)`` → :func:`logits_to_labels` ``(B, S, S)`` int64.
+
+The encoder-specific parts (input normalisation, BatchNorm statistics) come from the encoder's
+:class:`~medsaga.model.backbone.Backbone`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from medsaga.model.backbone import backbone_of, freeze_statistics
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -44,6 +49,7 @@ class SamSegmenter(nn.Module):
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.sam = sam
+        freeze_statistics(sam.image_encoder)
 
     @property
     def num_classes(self) -> int:
@@ -56,20 +62,28 @@ class SamSegmenter(nn.Module):
         return self.sam.image_encoder.img_size
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` in [0, 1] → SAM's input: per-channel standardised in 0..255 units.
+        """``(B, 3, S, S)`` in [0, 1] → what the image encoder takes.
 
-        ``pixel_mean``/``pixel_std`` are the official values in 0..255 units (ImageNet × 255), so the
-        images are scaled to 0..255 first. No padding: images come at the model's size.
+        SAM's ViT: per-channel standardised in 0..255 units (``pixel_mean``/``pixel_std`` are the
+        official ImageNet × 255 values). LiteMedSAM: the [0, 1] image as it is. No padding:
+        images come at the model's size.
         """
         self._check_images(images)
-        return (images * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
+        return backbone_of(self.sam.image_encoder).normalize(self.sam, images)
+
+    def train(self, mode: bool = True) -> SamSegmenter:
+        """Train/eval mode as ``nn.Module.train``, except that the image encoder's BatchNorm layers
+        always use their running statistics (see :mod:`medsaga.model.backbone`)."""
+        super().train(mode)
+        freeze_statistics(self.sam.image_encoder)
+        return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, S, S)`` in [0, 1] → image embeddings ``(B, 256, S/16, S/16)``."""
+        """Images ``(B, 3, S, S)`` in [0, 1] → image embeddings ``(B, 256, g, g)``."""
         return self.sam.image_encoder(self.normalize(images))
 
     def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Image embeddings ``(B, 256, S/16, S/16)`` → low-resolution logits ``(B, C+1, S/4, S/4)``."""
+        """Image embeddings ``(B, 256, g, g)`` → low-resolution logits ``(B, C+1, 4g, 4g)``."""
         prompt_encoder = self.sam.prompt_encoder
         expected = (prompt_encoder.embed_dim, *prompt_encoder.image_embedding_size)
         if embeddings.dim() != 4 or tuple(embeddings.shape[1:]) != expected:
@@ -86,7 +100,7 @@ class SamSegmenter(nn.Module):
         return logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, S, S)`` in [0, 1] → low-resolution logits ``(B, C+1, S/4, S/4)``."""
+        """Images ``(B, 3, S, S)`` in [0, 1] → low-resolution logits ``(B, C+1, 4g, 4g)``."""
         return self.decode(self.encode(images))
 
     @torch.no_grad()

