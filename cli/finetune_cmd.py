@@ -42,10 +42,16 @@ def finetune(
                                             help="A method option as KEY=VALUE, repeatable (e.g. -o rank=4)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="SAM or MedSAM weights (.pth); "
                                                                             "see 'medsaga weights'."),
-    model: str | None = typer.Option(None, "--model", help="Model type: tiny, vit_b, vit_l, vit_h. Without "
-                                                           "--checkpoint: random weights (tests, benchmarks)."),
+    model: str | None = typer.Option(None, "--model", help="Model type: litemedsam (the installed LiteMedSAM "
+                                                           "weights, no --checkpoint needed), vit_b, vit_l, vit_h, "
+                                                           "tiny. A ViT without --checkpoint: random weights "
+                                                           "(tests, benchmarks)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random weights of the --model architecture "
+                                                                  "(litemedsam included): a baseline, not for "
+                                                                  "real segmentation."),
     out: Path | None = typer.Option(None, "--out", help="Run folder to create (RUN_DIR)."),
-    image_size: int = typer.Option(512, "--image-size", help="Model input size, a multiple of 16 (256, 512, 1024)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Model input size, a multiple of 16 (default: "
+                                                                     "256 for litemedsam, 512 for the ViTs)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the training slices (default 10)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (instead of --epochs)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per forward pass."),
@@ -99,7 +105,10 @@ def finetune(
     config.json, trained.safetensors + method.json, metrics.jsonl, report.json and a resumable
     checkpoint/. Ends with a memory and throughput report.
     """
+    from medsaga.train.allocator import tune_malloc
     from medsaga.train.finetune import FinetuneOptions, finetune as run_finetune, options_from_run
+
+    tune_malloc()  # before any tensor: the report's peak RSS is then the tensors', not glibc's kept heap
 
     if resume is not None:
         options, resuming = options_from_run(resume), True
@@ -112,8 +121,8 @@ def finetune(
             data_dir=data_dir, out=out, shots=shots,
             cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else (),
             val=val, method=method, method_options=_parse_method_options(method_option),
-            checkpoint=checkpoint, model=model, image_size=image_size, epochs=epochs, steps=steps,
-            batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup,
+            checkpoint=checkpoint, model=model, random_init=random_init, image_size=image_size, epochs=epochs,
+            steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup,
             seed=seed, device=device, precision=precision, activation_checkpointing=activation_checkpointing,
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,

@@ -16,6 +16,25 @@ def tiny_segmenter(num_classes: int = 3, image_size: int = 64, seed: int = 0) ->
     return SamSegmenter(build_sam("tiny", num_classes=num_classes, image_size=image_size))
 
 
+def lite_segmenter(num_classes: int = 3, image_size: int = 64, seed: int = 0) -> SamSegmenter:
+    """LiteMedSAM's architecture (TinyViT) with a prompt-free head, randomly initialised from ``seed``.
+
+    At 64 px every stage's windows are padded (stage 1: 32 x 32 tokens in windows of 7; stage 2:
+    16 x 16 in windows of 14; stage 3: 16 x 16 in windows of 7), and the BatchNorm statistics are
+    set away from their (0, 1) start so that folding them and keeping them frozen is visible.
+    """
+    torch.manual_seed(seed)
+    model = SamSegmenter(build_sam("litemedsam", num_classes=num_classes, image_size=image_size))
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model
+
+
 def synthetic_batch(image_size: int = 64, batch: int = 2, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(B, 3, S, S)`` in [0, 1] with bright squares labelled 1..3, labels ``(B, S, S)``."""
     generator = torch.Generator().manual_seed(seed)

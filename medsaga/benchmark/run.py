@@ -122,11 +122,11 @@ def _plan(options: BenchmarkOptions) -> _Plan:
     """Every check that needs no data: sizes, counts, device, the --methods text and each method's options."""
     from medsaga.methods import create_method, method_names
     from medsaga.methods.registry import method_classes
-    from medsaga.model.build import check_image_size, encoder_spec
+    from medsaga.model.build import check_image_size, check_model_type
     from medsaga.train.finetune import resolve_device
 
     check_image_size(options.image_size)
-    encoder_spec(options.model)
+    check_model_type(options.model)
     for name, value in (("--batch-size", options.batch_size), ("--steps", options.steps),
                         ("--threads", options.threads)):
         if value is not None and value < 1:

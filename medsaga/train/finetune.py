@@ -24,7 +24,7 @@ from medsaga.data.slicing import check_plane
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
-from medsaga.model.build import check_image_size, encoder_spec
+from medsaga.model.build import LITEMEDSAM, check_image_size, check_model_type, default_image_size
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
 from medsaga.train.embedding_cache import (DEFAULT_VIEWS, check_cache_mode, check_cache_settings, effective_views,
@@ -54,7 +54,8 @@ class FinetuneOptions:
     method_options: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     model: str | None = None
-    image_size: int = 512
+    random_init: bool = False
+    image_size: int | None = None  # None: the model's own (default_image_size), resolved at the start
     epochs: int | None = None
     steps: int | None = None
     batch_size: int = 4
@@ -119,7 +120,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False) -> FinetuneOutcome:
     """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
     # --- checks that need no heavy work ---------------------------------------------------------
-    check_image_size(options.image_size)
+    if options.image_size is not None:
+        check_image_size(options.image_size)
     check_plane(options.plane)
     if options.slice_mode is not None and options.slice_mode not in MODES:
         raise InputError(f"--slice-mode must be one of {', '.join(MODES)}, got {options.slice_mode!r}")
@@ -144,11 +146,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     dataset = discover_dataset(options.data_dir)
     mapping = label_mapping(dataset)
     split = choose_cases(dataset, options.shots, options.seed, cases=options.cases, val=options.val)
-    if options.checkpoint is None and options.model is None:
-        raise InputError("give --checkpoint PATH (official SAM/MedSAM weights) or --model (e.g. tiny, random weights)")
+    options = _resolve_weights(options)
     model_type = options.model
-    if options.model is not None:
-        encoder_spec(options.model)
     if not resume:
         _check_run_dir(options.out, options.force, dataset)
 
@@ -182,8 +181,11 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     reporter.info(f"shots ({len(split.train)}): {', '.join(split.train)}"
                   + (f"; validation ({len(split.val)}): {', '.join(split.val)}" if split.val else ""))
     if options.checkpoint is None:
-        reporter.info(f"model {model_type} with random weights (no --checkpoint): fine for tests and "
-                      "benchmarks, not for real segmentation")
+        reporter.info(f"model {model_type} with random weights ({'--random-init' if options.random_init else 'no --checkpoint'}): "
+                      "fine for tests and benchmarks, not for real segmentation")
+    elif checkpoint_info is not None and checkpoint_info.get("packaged"):
+        reporter.info(f"model {model_type} from {checkpoint_info['packaged']} ({Path(checkpoint_info['path']).name}, "
+                      f"SHA-256 verified)")
     if not resume:
         _prepare_run_dir(options.out)
 
@@ -232,6 +234,38 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     return FinetuneOutcome(options.out, method, split, result, report)
 
 
+def _resolve_weights(options: FinetuneOptions) -> FinetuneOptions:
+    """The model type, base checkpoint and input size a run starts from (cheap checks only).
+
+    ``--model litemedsam`` without ``--checkpoint`` takes the installed LiteMedSAM weights (verified
+    by size and SHA-256; an :class:`InputError` naming the pip command when they are not installed);
+    ``--random-init`` builds the architecture with random weights instead. The input size defaults
+    to the model's own (256 for LiteMedSAM, 512 for the ViTs). With only ``--checkpoint`` the model
+    type is read from the file later; the size default then follows the file's name when it is a
+    published one, else 512.
+    """
+    from medsaga.model.weights import known_by_name
+
+    if options.random_init and options.checkpoint is not None:
+        raise InputError("--random-init builds random weights: it does not take --checkpoint")
+    if options.checkpoint is None and options.model is None:
+        raise InputError("give --checkpoint PATH (official SAM/MedSAM weights) or --model (litemedsam: the installed "
+                         "LiteMedSAM weights; tiny, vit_b...: random weights)")
+    if options.model is not None:
+        check_model_type(options.model)
+    checkpoint = options.checkpoint
+    if checkpoint is None and options.model == LITEMEDSAM and not options.random_init:
+        from medsaga.model.packaged_weights import litemedsam_checkpoint
+
+        checkpoint = litemedsam_checkpoint()
+    image_size = options.image_size
+    if image_size is None:
+        known = known_by_name(Path(checkpoint).name) if checkpoint is not None else None
+        model_type = options.model or (known.model_type if known is not None else None)
+        image_size = default_image_size(model_type) if model_type is not None else default_image_size("vit_b")
+    return replace(options, checkpoint=checkpoint, image_size=image_size)
+
+
 def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
     """The options a run was started with (its config.json), for ``--resume``."""
     path = run_dir / CONFIG_FILE
@@ -254,6 +288,7 @@ def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
 def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: int):
     from medsaga.model.build import build_sam
     from medsaga.model.checkpoint import build_sam_from_checkpoint
+    from medsaga.model.packaged_weights import packaged_source
     from medsaga.model.segmenter import SamSegmenter
     from medsaga.model.weights import file_digests
 
@@ -266,7 +301,7 @@ def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: 
     digests = file_digests(options.checkpoint)
     detected = load_report.model_type
     info = {"path": str(Path(options.checkpoint).resolve()), "sha256": digests.sha256,
-            "size_bytes": digests.size_bytes}
+            "size_bytes": digests.size_bytes, "packaged": packaged_source(Path(options.checkpoint))}
     return SamSegmenter(sam), detected, info
 
 
