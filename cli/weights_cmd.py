@@ -50,7 +50,8 @@ def list_weights() -> None:
     """Print one block per known file: one value per line, so hashes and URLs never fold."""
     from rich.markup import escape
 
-    from medsaga.model.weights import KNOWN_WEIGHTS
+    from medsaga.model.packaged_weights import installed_litemedsam
+    from medsaga.model.weights import KNOWN_WEIGHTS, LITEMEDSAM_WEIGHTS
 
     console = _stdout_console()
     console.print("[bold]Checkpoints medsaga can start from[/bold] (medsaga never downloads weights: get a file "
@@ -58,10 +59,30 @@ def list_weights() -> None:
     for known in KNOWN_WEIGHTS:
         size = f"{known.size_bytes:,} bytes" if known.size_bytes is not None else "unknown"
         console.print(f"[bold]{known.filename}[/bold]  {known.model_type}, {escape(known.publisher)}")
-        for label, value in (("size", size), ("SHA-256", known.sha256 or UNKNOWN), ("MD5", known.md5 or UNKNOWN),
-                             ("get it from", known.url), ("checksums", known.checksum_source)):
+        rows = [("size", size), ("SHA-256", known.sha256 or UNKNOWN), ("MD5", known.md5 or UNKNOWN),
+                ("get it from", known.url)]
+        if known.install is not None:
+            rows.append(("install", known.install))
+        if known is LITEMEDSAM_WEIGHTS:
+            rows.append(("installed", _installed_state(installed_litemedsam())))
+        rows.append(("checksums", known.checksum_source))
+        for label, value in rows:
             console.print(f"  {label:<12}{escape(value)}", soft_wrap=True)
         console.print()
+
+
+def _installed_state(path: Path | None) -> str:
+    """Where the packaged file is and whether it is the published one (size and SHA-256)."""
+    from medsaga.errors import InputError
+    from medsaga.model.packaged_weights import verify_litemedsam
+
+    if path is None:
+        return "no (finetune --model litemedsam needs it)"
+    try:
+        verify_litemedsam(path)
+    except InputError as error:
+        return f"{path}: NOT the published file ({error.message})"
+    return f"{path} (size and SHA-256 verified; the default of --model litemedsam)"
 
 
 @weights_app.command("verify")

@@ -196,8 +196,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     if not use_cache(options.cache_embeddings, method, samples=steps * slices_per_step,
                      entries=len(data) * cache_views):
         cache_views = 0
+    lr = options.lr if options.lr is not None else default_learning_rate(method, model)
     loop = LoopSettings(steps=steps, batch_size=options.batch_size, grad_accum=options.grad_accum,
-                        lr=options.lr if options.lr is not None else method.default_lr,
+                        lr=lr,
                         weight_decay=options.weight_decay if options.weight_decay is not None
                         else method.default_weight_decay,
                         warmup_steps=int(round(options.warmup_fraction * steps)), seed=options.seed,
@@ -211,7 +212,10 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     if not resume:
         _write_json(options.out / CONFIG_FILE, config)
     reporter.info(f"{len(data)} training slices, {steps} steps of {slices_per_step} slices "
-                  f"({steps * slices_per_step / len(data):.1f} epochs), {method.name}, {device.type}, {precision}")
+                  f"({steps * slices_per_step / len(data):.1f} epochs), {method.name}, lr {lr:g}"
+                  + (f" (the method's {method.default_lr:g}, capped for this encoder)"
+                     if options.lr is None and lr != method.default_lr else "")
+                  + f", {device.type}, {precision}")
     if cache_views:
         reporter.info(f"embedding cache: {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "
                       f"(view 0 unaugmented) through the frozen {cache['frozen_module']} once, then every step "
@@ -232,6 +236,15 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
               "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json()}
     _write_json(options.out / REPORT_FILE, report)
     return FinetuneOutcome(options.out, method, split, result, report)
+
+
+def default_learning_rate(method: TuningMethod, model: Any) -> float:
+    """The method's default learning rate, at most the image encoder's cap (see
+    :attr:`~medsaga.model.backbone.Backbone.learning_rate_cap`)."""
+    from medsaga.model.backbone import backbone_of
+
+    cap = backbone_of(model.sam.image_encoder).learning_rate_cap
+    return method.default_lr if cap is None else min(method.default_lr, cap)
 
 
 def _resolve_weights(options: FinetuneOptions) -> FinetuneOptions:
