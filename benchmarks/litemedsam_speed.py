@@ -106,6 +106,7 @@ def _where_the_time_goes(encoder, images) -> None:  # type: ignore[no-untyped-de
          + (", merging)" if stage.downsample is not None else ")"), stage) for index, stage in enumerate(encoder.layers)
     ] + [("neck", encoder.neck)]
     seconds: dict[str, float] = defaultdict(float)
+    measured: dict[str, float] = {}
     handles = []
     for name, module in stages:
         handles.append(module.register_forward_pre_hook(lambda *_, n=name: seconds.__setitem__(n + "@", time.perf_counter())))
@@ -116,11 +117,13 @@ def _where_the_time_goes(encoder, images) -> None:  # type: ignore[no-untyped-de
         for key in list(seconds):
             seconds[key] = 0.0
         encoder(images)
+        measured = {key: value for key, value in seconds.items() if not key.endswith("@")}
+        for handle in handles:
+            handle.remove()
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             encoder(images)
-    for handle in handles:
-        handle.remove()
-    total = sum(value for key, value in seconds.items() if not key.endswith("@"))
+    seconds = defaultdict(float, measured)
+    total = sum(measured.values())
     print(f"\nWhere the time goes (batch {len(images)}, {total / len(images):.3f} s per slice):\n")
     print("| part | s/slice | share |")
     print("|---|---|---|")
