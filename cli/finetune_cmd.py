@@ -105,10 +105,7 @@ def finetune(
     config.json, trained.safetensors + method.json, metrics.jsonl, report.json and a resumable
     checkpoint/. Ends with a memory and throughput report.
     """
-    from medsaga.train.allocator import tune_malloc
     from medsaga.train.finetune import FinetuneOptions, finetune as run_finetune, options_from_run
-
-    tune_malloc()  # before any tensor: the report's peak RSS is then the tensors', not glibc's kept heap
 
     if resume is not None:
         options, resuming = options_from_run(resume), True

@@ -101,6 +101,10 @@ def test_only_decoder_and_adapter_declare_a_cacheable_part() -> None:
     assert not use_cache("auto", decoder, samples=8, entries=400)
     assert not use_cache("auto", lora, samples=10**6, entries=1)
     assert not use_cache("off", decoder, samples=10**6, entries=1) and use_cache("on", decoder, samples=1, entries=9)
+    # auto never builds a cache larger than the memory budget; on is what the user asked for.
+    assert not use_cache("auto", decoder, samples=400, entries=400, cache_bytes=2**31, memory_budget=2**30)
+    assert use_cache("auto", decoder, samples=400, entries=400, cache_bytes=2**29, memory_budget=2**30)
+    assert use_cache("on", decoder, samples=1, entries=9, cache_bytes=2**40, memory_budget=1)
     with pytest.raises(ValueError, match="trains its image encoder"):
         use_cache("on", lora, samples=1, entries=1)
 

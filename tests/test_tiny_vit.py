@@ -197,3 +197,17 @@ def test_built_on_meta_its_offset_tables_stay_real() -> None:
     assert all(p.is_meta for p in sam.parameters())
     tables = [b for n, b in sam.named_buffers() if n.endswith("attention_bias_idxs")]
     assert len(tables) == 10 and not any(t.is_meta for t in tables)
+
+
+def test_more_classes_grow_the_decoder_from_the_pretrained_heads(asset: Path) -> None:
+    """Five classes: six mask heads, the extra two cloned from the file's heads 0 and 1 (as on ViT-B)."""
+    state, _ = read_state_dict(asset)
+    sam, report = build_sam_from_checkpoint(asset, num_classes=5, image_size=256)
+    assert report.mask_head_sources == (0, 1, 2, 3, 0, 1)
+    tokens = sam.mask_decoder.mask_tokens.weight
+    assert tokens.shape == (6, 256)
+    assert torch.equal(tokens[4], state["mask_decoder.mask_tokens.weight"][0])
+    assert torch.equal(tokens[5], state["mask_decoder.mask_tokens.weight"][1])
+    model = SamSegmenter(sam).eval()
+    with torch.no_grad():
+        assert tuple(model(torch.rand(1, 3, 256, 256)).shape) == (1, 6, 256, 256)

@@ -276,10 +276,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m medsaga.benchmark.worker SPEC.json", file=sys.stderr)
         return 2
-    from medsaga.train.allocator import tune_malloc
+    from medsaga.model.backbone import backbone_for_model
+    from medsaga.train.allocator import malloc_wanted, tune_malloc
 
-    tune_malloc()  # before any tensor: the peak RSS is then the tensors', not glibc's kept heap
     spec = WorkerSpec(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    if malloc_wanted(backbone_for_model(spec.model).tune_cpu_malloc):
+        tune_malloc()  # before any tensor: the peak RSS is then the tensors', not glibc's kept heap
     record = measure(spec)
     print(json.dumps(record), flush=True)
     return 0

@@ -125,19 +125,46 @@ def check_cache_mode(mode: str, method: TuningMethod) -> None:
                          "frozen encoder output to cache (the methods that have one: decoder, adapter)")
 
 
-def use_cache(mode: str, method: TuningMethod, *, samples: int, entries: int) -> bool:
+def use_cache(mode: str, method: TuningMethod, *, samples: int, entries: int, cache_bytes: int = 0,
+              memory_budget: int | None = None) -> bool:
     """Whether to train on the cache: ``on``/``off`` as told; ``auto`` when the method has a
-    cacheable part and the run trains on at least as many samples as the cache holds entries.
+    cacheable part, the run trains on at least as many samples as the cache holds entries, and
+    the cache (``cache_bytes``) fits in ``memory_budget`` (``None``: no limit).
 
     Why that threshold: the build runs the frozen part once per entry (``slices × views``), the
     uncached loop once per sample trained (``steps × slices per step``); the cached steps cost
     the rest of the model either way. So the cache costs less in all from there on, and a short
-    run (a smoke test of a few steps) keeps the plain loop.
+    run (a smoke test of a few steps) keeps the plain loop. Why the budget: a LiteMedSAM
+    embedding is 64 × 64 × 256 floats (4 MiB), so 5 shots of brain MRI with 4 views each would
+    ask for ~13 GiB of RAM; ``auto`` never risks running the machine out of memory.
     """
     check_cache_mode(mode, method)
     if mode == "auto":
-        return method.encoder_cacheable and samples >= entries
+        fits = memory_budget is None or cache_bytes <= memory_budget
+        return method.encoder_cacheable and samples >= entries and fits
     return mode == "on"
+
+
+def cache_entry_bytes(embedding_shape: tuple[int, ...], image_size: int, dtype: str, needs_images: bool) -> int:
+    """Bytes one cache entry holds: the frozen output, the (one-channel) image if kept, the labels."""
+    size = torch.empty((), dtype=CACHE_DTYPES[dtype]).element_size()
+    frozen = size
+    for side in embedding_shape:
+        frozen *= side
+    images = image_size * image_size * (4 if dtype == "fp32" else 2) if needs_images else 0
+    return frozen + images + image_size * image_size
+
+
+def available_memory_bytes() -> int | None:
+    """The memory the system could give this process now (Linux ``MemAvailable``), or ``None``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def check_cache_settings(views: int, dtype: str) -> None:

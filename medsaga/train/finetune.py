@@ -24,11 +24,14 @@ from medsaga.data.slicing import check_plane
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
+from medsaga.methods.base import encoder_backbone
+from medsaga.model.backbone import backbone_for_model
+from medsaga.train.allocator import malloc_wanted, tune_malloc
 from medsaga.model.build import LITEMEDSAM, check_image_size, check_model_type, default_image_size
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
-from medsaga.train.embedding_cache import (DEFAULT_VIEWS, check_cache_mode, check_cache_settings, effective_views,
-                                           frozen_module_name, use_cache)
+from medsaga.train.embedding_cache import (DEFAULT_VIEWS, available_memory_bytes, cache_entry_bytes, check_cache_mode,
+                                           check_cache_settings, effective_views, frozen_module_name, use_cache)
 from medsaga.train.loop import LoopSettings, TrainingObserver, TrainResult, train
 from medsaga.train.shots import CaseSplit, choose_cases
 from medsaga.train.validation import SliceDiceValidator
@@ -152,6 +155,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
         _check_run_dir(options.out, options.force, dataset)
 
     # --- the model (reads the checkpoint: a clear error if it is the wrong kind) ---------------
+    if device.type == "cpu" and malloc_wanted(backbone_for_model(model_type or "vit_b").tune_cpu_malloc):
+        tune_malloc()  # before any training tensor: the report's peak RSS is then the tensors', not glibc's heap
     torch.manual_seed(options.seed)
     model, model_type, checkpoint_info = _build_model(options, model_type, mapping.num_classes)
     # Counted before the method wraps anything: SAM-PARSER turns the weights it decomposes into
@@ -193,8 +198,14 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     steps = options.steps if options.steps is not None else math.ceil(
         (options.epochs or DEFAULT_EPOCHS) * len(data) / slices_per_step)
     cache_views = effective_views(options.cache_views, options.augment)
+    encoder, backbone = encoder_backbone(model)
+    cache_bytes = len(data) * cache_views * cache_entry_bytes(
+        backbone.embedding_shape(encoder), options.image_size, options.cache_dtype, method.cache_needs_images)
+    available = available_memory_bytes()
+    # Half of what the machine has free now: the model, the batches and the activations need the rest.
+    budget = available // 2 if available is not None else None
     if not use_cache(options.cache_embeddings, method, samples=steps * slices_per_step,
-                     entries=len(data) * cache_views):
+                     entries=len(data) * cache_views, cache_bytes=cache_bytes, memory_budget=budget):
         cache_views = 0
     lr = options.lr if options.lr is not None else default_learning_rate(method, model)
     loop = LoopSettings(steps=steps, batch_size=options.batch_size, grad_accum=options.grad_accum,
@@ -221,9 +232,14 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                       f"(view 0 unaugmented) through the frozen {cache['frozen_module']} once, then every step "
                       f"trains on the cache" + ("" if options.augment else " (--no-augment: one view)"))
     elif method.encoder_cacheable and options.cache_embeddings == "auto":
-        reporter.info(f"embedding cache off (auto): this run trains on {steps * slices_per_step} slices, fewer than "
-                      f"the {len(data) * effective_views(options.cache_views, options.augment)} views the cache "
-                      "would encode first; --cache-embeddings on forces it")
+        if budget is not None and cache_bytes > budget:
+            reporter.info(f"embedding cache off (auto): it would hold {cache_bytes / 2**30:.1f} GiB, more than half of "
+                          f"the {available / 2**30:.1f} GiB this machine has free; --cache-dtype fp16 or fewer "
+                          "--cache-views shrink it, --cache-embeddings on forces it")
+        else:
+            reporter.info(f"embedding cache off (auto): this run trains on {steps * slices_per_step} slices, fewer "
+                          f"than the {len(data) * effective_views(options.cache_views, options.augment)} views the "
+                          "cache would encode first; --cache-embeddings on forces it")
 
     # --- train ------------------------------------------------------------------------------------
     result = train(model, method, data, loop, options.out, reporter, Augmenter(augment, options.seed),
