@@ -14,7 +14,7 @@ TORCH_VERSION ?= 2.13.0
 QUIET_INDEX_WARNINGS := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 PIP := $(PY) -m pip install --quiet
 
-.PHONY: demo test install install-dev clean-venv
+.PHONY: demo test install install-dev clean-venv docker docker-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,18 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+# The Docker image (see README, "Docker"). On machines that reach no image registry,
+# ../shared/tools/docker-base.sh builds the local base image this picks up when it exists.
+DOCKER_IMAGE ?= medsaga
+LOCAL_BASE_IMAGE := medsaga-test-base:bookworm
+DOCKER_BASE_IMAGE ?= $(shell docker image inspect $(LOCAL_BASE_IMAGE) >/dev/null 2>&1 && echo $(LOCAL_BASE_IMAGE))
+docker:
+	docker build --network host $(if $(DOCKER_BASE_IMAGE),--build-arg BASE_IMAGE=$(DOCKER_BASE_IMAGE)) \
+		-t $(DOCKER_IMAGE) .
+
+docker-test: docker
+	IMAGE=$(DOCKER_IMAGE) bash scripts/docker_test.sh
 
 clean-venv:
 	rm -rf $(VENV)
