@@ -56,7 +56,10 @@ def finetune(
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (instead of --epochs)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per forward pass."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Forward/backward passes per optimizer step."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the method's, below)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the method's, below; "
+                                                       "at most 1e-3 on litemedsam)."),
+    decoder_lr: float | None = typer.Option(None, "--decoder-lr", help="The mask decoder's own peak learning rate "
+                                                                       "(default: --lr's; 1e-3 on litemedsam)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.1)."),
     warmup: float = typer.Option(0.05, "--warmup", help="Fraction of the steps spent in linear warm-up."),
     seed: int = typer.Option(0, "--seed", help="Seeds the shots, slice order, augmentation and initialisation."),
@@ -119,7 +122,8 @@ def finetune(
             cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else (),
             val=val, method=method, method_options=_parse_method_options(method_option),
             checkpoint=checkpoint, model=model, random_init=random_init, image_size=image_size, epochs=epochs,
-            steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
+            steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, decoder_lr=decoder_lr,
+            weight_decay=weight_decay,
             warmup_fraction=warmup,
             seed=seed, device=device, precision=precision, activation_checkpointing=activation_checkpointing,
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,

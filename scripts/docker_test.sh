@@ -22,7 +22,7 @@ medsaga() {
 medsaga --help
 medsaga weights
 medsaga finetune /data --cases phantom_001,phantom_002,phantom_003 --model litemedsam --method decoder \
-  --image-size 64 --steps 30 --out /runs/demo
+  --image-size 128 --steps 150 --out /runs/demo
 medsaga predict /runs/demo /data/imagesTr/phantom_006_0000.nii.gz /data/imagesTr/phantom_007_0000.nii.gz \
   --out /runs/demo/predictions
 medsaga evaluate /runs/demo/predictions /data --labels /runs/demo --out /runs/demo/evaluation

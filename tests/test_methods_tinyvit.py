@@ -246,3 +246,22 @@ def test_no_method_names_an_encoder() -> None:
         if hits:
             offending[path.name] = hits
     assert offending == {}
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_the_decoder_can_train_at_its_own_learning_rate(name: str) -> None:
+    """``decoder_lr`` moves exactly the mask decoder's trainable parameters into a last group."""
+    model = lite_segmenter()
+    method = create_method(name)
+    method.prepare(model)
+    optimizer = method.build_optimizer(model, 1e-4, 0.1, decoder_lr=1e-3)
+    groups = optimizer.param_groups
+    decoder = {id(p) for p in model.sam.mask_decoder.parameters() if p.requires_grad}
+    ids = [id(p[1] if isinstance(p, tuple) else p) for p in groups[-1]["params"]]
+    assert set(ids) == decoder and groups[-1]["lr"] == 1e-3 and groups[-1]["weight_decay"] == 0.1
+    everything = [id(p[1] if isinstance(p, tuple) else p) for group in groups for p in group["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert all(group["lr"] == 1e-4 for group in groups[:-1])
+    plain = method.build_optimizer(model, 1e-4, 0.1)  # without: the method's own groups, all at lr
+    assert all(group["lr"] == 1e-4 for group in plain.param_groups)
+    assert len(groups) - len(plain.param_groups) in (0, 1)  # a group of the decoder alone is just re-rated

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from medsaga.methods.base import (MethodOptions, TuningMethod, encoder_backbone, freeze, image_encoder, unfreeze,
-                                  unfreeze_mask_decoder)
+                                  unfreeze_mask_decoder, with_decoder_lr)
 from medsaga.methods.registry import register
 from medsaga.optim import GaLoreAdamW, defaults
 
@@ -103,7 +103,8 @@ class GaLoreMethod(TuningMethod):
             {"params": others, "lr": lr, "weight_decay": weight_decay},
         ]
 
-    def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float, *,
+                        decoder_lr: float | None = None) -> torch.optim.Optimizer:
         options: GaLoreOptions = self.options  # type: ignore[assignment]
-        return GaLoreAdamW(self.param_groups(model, lr, weight_decay), lr=lr, weight_decay=weight_decay,
-                           layerwise=options.layerwise)
+        groups = with_decoder_lr(self.param_groups(model, lr, weight_decay), model, decoder_lr)
+        return GaLoreAdamW(groups, lr=lr, weight_decay=weight_decay, layerwise=options.layerwise)

@@ -92,6 +92,8 @@ class Backbone(ABC):
     # The most a method's *default* learning rate may be on this encoder (None: no cap). An lr the
     # user gives is never changed.
     learning_rate_cap: ClassVar[float | None] = None
+    # The mask decoder's default learning rate on this encoder (None: the method's lr).
+    decoder_learning_rate: ClassVar[float | None] = None
     # Whether training on a CPU fixes glibc's malloc thresholds (medsaga.train.allocator).
     tune_cpu_malloc: ClassVar[bool] = True
 
@@ -174,6 +176,10 @@ class TinyVitBackbone(Backbone):
     # steps (validation Dice 0.00); at 1e-3 it reached 0.77 after 300. LiteMedSAM's decoder was
     # trained with box prompts, and its pretrained background token starts at logits near -22.
     learning_rate_cap = 1e-3
+    # ... and the new head needs that step whatever the encoder's: at the 1e-4 of SAM-PARSER's,
+    # full fine-tuning's and Conv-LoRA's defaults it was still all-background after 200 steps
+    # (MALF, 1 shot, 128 px: Dice 0.00 for every class), as the decoder alone had been at 5e-3.
+    decoder_learning_rate = 1e-3
     tune_cpu_malloc = False  # measured in medsaga.train.allocator: twice the step time for 21 % less RSS
 
     def _attention_blocks(self, encoder: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -64,6 +64,7 @@ class FinetuneOptions:
     batch_size: int = 4
     grad_accum: int = 1
     lr: float | None = None
+    decoder_lr: float | None = None
     weight_decay: float | None = None
     warmup_fraction: float = 0.05
     seed: int = 0
@@ -209,8 +210,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                      entries=len(data) * cache_views, cache_bytes=cache_bytes, memory_budget=budget):
         cache_views = 0
     lr = options.lr if options.lr is not None else default_learning_rate(method, model)
+    decoder_lr = options.decoder_lr if options.decoder_lr is not None else backbone.decoder_learning_rate
     loop = LoopSettings(steps=steps, batch_size=options.batch_size, grad_accum=options.grad_accum,
-                        lr=lr,
+                        lr=lr, decoder_lr=decoder_lr,
                         weight_decay=options.weight_decay if options.weight_decay is not None
                         else method.default_weight_decay,
                         warmup_steps=int(round(options.warmup_fraction * steps)), seed=options.seed,
@@ -227,6 +229,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                   f"({steps * slices_per_step / len(data):.1f} epochs), {method.name}, lr {lr:g}"
                   + (f" (the method's {method.default_lr:g}, capped for this encoder)"
                      if options.lr is None and lr != method.default_lr else "")
+                  + (f", decoder lr {decoder_lr:g}" if decoder_lr is not None else "")
                   + f", {device.type}, {precision}")
     if cache_views:
         reporter.info(f"embedding cache: {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "

@@ -50,6 +50,7 @@ class LoopSettings:
         batch_size: slices per forward pass.
         grad_accum: forward/backward passes per optimizer step.
         lr: peak learning rate (after warm-up).
+        decoder_lr: the mask decoder's own peak learning rate (same schedule); ``None``: ``lr``.
         weight_decay: AdamW's decoupled weight decay.
         warmup_steps: linear warm-up, then polynomial (0.9) decay to 0 at the last step.
         seed: seeds batch order, augmentation and any noise inside the model.
@@ -73,6 +74,7 @@ class LoopSettings:
     grad_accum: int = 1
     lr: float = 5e-3
     weight_decay: float = 0.1
+    decoder_lr: float | None = None
     warmup_steps: int = 0
     seed: int = 0
     precision: str = "fp32"
@@ -148,7 +150,7 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     if settings.activation_checkpointing and not method.encoder_frozen:
         checkpoint_encoder_blocks(image_encoder(model))
     model.to(device)
-    optimizer = method.build_optimizer(model, settings.lr, settings.weight_decay)
+    optimizer = method.build_optimizer(model, settings.lr, settings.weight_decay, decoder_lr=settings.decoder_lr)
     if getattr(optimizer, "layerwise", False):
         check_layerwise_compatible(settings.grad_accum, None, None)
     scheduler = warmup_poly_lr(optimizer, settings.steps, settings.warmup_steps)
