@@ -65,9 +65,13 @@ def finetune(
     seed: int = typer.Option(0, "--seed", help="Seeds the shots, slice order, augmentation and initialisation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA that supports it), fp32, bf16."),
-    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing",
-                                                  help="Recompute encoder blocks in backward: less memory, "
-                                                       "more time."),
+    activation_checkpointing: bool | None = typer.Option(
+        None, "--activation-checkpointing/--no-activation-checkpointing",
+        help="Recompute encoder blocks in backward: less memory, more time (default: on where the encoder "
+             "trains, off with --speed)."),
+    speed: bool = typer.Option(False, "--speed", help="Trade memory for time: without the lean defaults "
+                                                      "(layer-wise GaLore, activation checkpointing, the embedding "
+                                                      "cache on short runs). For big GPUs; see 'medsaga plan'."),
     plane: str = typer.Option("axial", "--plane", help="Slicing plane: axial, coronal, sagittal."),
     slice_mode: str | None = typer.Option(None, "--slice-mode", help="repeat, neighbours (2.5-D) or modalities "
                                                                      "(default: repeat for one channel)."),
@@ -126,6 +130,7 @@ def finetune(
             weight_decay=weight_decay,
             warmup_fraction=warmup,
             seed=seed, device=device, precision=precision, activation_checkpointing=activation_checkpointing,
+            speed=speed,
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
             cache_dtype=cache_dtype, attention=attention, force=force), False
@@ -269,6 +274,7 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
     rows = [
         ("method", report["method"]),
         ("model", f"{report['model_type']} at {report['image_size']} px"),
+        ("memory settings", _profile_text(report.get("memory_profile"))),
         ("shots", ", ".join(report["train_cases"])),
         ("parameters", f"{report['trainable_parameters']:,} trainable; SAM has {report['total_parameters']:,} "
                        f"({100 * report['trainable_parameters'] / max(report['total_parameters'], 1):.2f} %)"),
@@ -298,6 +304,16 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
     for what, value in rows:
         table.add_row(what, value)
     Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+def _profile_text(profile: dict[str, Any] | None) -> str:
+    """``lean: layerwise, activation_checkpointing`` (runs from before the profiles: as recorded)."""
+    if not profile:
+        return "as recorded (a run from before the lean defaults)"
+    if profile["profile"] == "speed":
+        return "speed (--speed: none of the lean settings)"
+    return "lean: " + (", ".join(profile["applied"]) or "nothing to save for this method") + \
+        ("" if not profile["notes"] else f" ({len(profile['notes'])} gave way to your options)")
 
 
 def _tensor_peak_text(peak: dict[str, Any] | None) -> str:

@@ -126,9 +126,14 @@ def test_cache_options_resolve_per_method_and_fail_before_any_work(tmp_path: Pat
     assert no_augment.report["embedding_cache"]["views"] == 1  # one view without augmentation
     assert no_augment.report["embedding_cache"]["frozen_module"] == "sam.image_encoder.vit"
     reporter = QuietReporter()
-    short = finetune(tiny_options(tmp_path / "d", shots=1, steps=1, method="decoder", method_options={}), reporter)
-    assert short.report["embedding_cache"] is None and not short.report["cache_embeddings"]  # auto: too short
-    assert any("embedding cache off (auto)" in message for message in reporter.messages)
+    short = finetune(tiny_options(tmp_path / "d", shots=1, steps=1, method="decoder", method_options={},
+                                  speed=True), reporter)
+    # --speed weighs the build against the run: one step would not repay encoding every view first.
+    assert short.report["embedding_cache"] is None and not short.report["cache_embeddings"]
+    assert any("embedding cache off (auto, --speed)" in message for message in reporter.messages)
+    lean = finetune(tiny_options(tmp_path / "lean", shots=1, steps=1, method="decoder", method_options={}),
+                    QuietReporter())
+    assert lean.report["cache_embeddings"] and lean.report["memory_profile"]["profile"] == "lean"
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert config["embedding_cache"]["enabled"] is False and config["training"]["cache_views"] == 0
     for changes, fragment in [({"cache_embeddings": "on"}, "method 'galore' trains its image encoder"),

@@ -59,6 +59,9 @@ class TuningMethod(ABC):
             ``--cache-embeddings on`` against it before any work).
         cache_needs_images: :meth:`forward_from_frozen` also reads the image (the adapter's CNN
             does; the decoder-only method does not), so a cache must keep the images too.
+        lean_options: option values that lower this method's memory peak at some cost in time;
+            ``finetune`` applies them by default (``--speed`` does not), never over an option the
+            user gave (:mod:`medsaga.train.memory_profile`).
     """
 
     name: ClassVar[str]
@@ -68,6 +71,13 @@ class TuningMethod(ABC):
     encoder_frozen: ClassVar[bool] = False
     encoder_cacheable: ClassVar[bool] = False
     cache_needs_images: ClassVar[bool] = False
+    lean_options: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def lean_conflict(cls, option: str, value: Any, *, grad_accum: int) -> str | None:
+        """Why ``option=value`` of :attr:`lean_options` cannot run with these loop settings, or
+        ``None`` when it can (a clause: "... is off because <it>")."""
+        return None
 
     def __init__(self, options: MethodOptions | None = None) -> None:
         self.options = options if options is not None else self.options_type()

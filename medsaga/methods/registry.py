@@ -31,16 +31,25 @@ def method_classes() -> list[type[TuningMethod]]:
     return list(_METHODS.values())
 
 
+def method_class(name: str) -> type[TuningMethod]:
+    """The method class registered as ``name``.
+
+    Raises:
+        InputError: unknown method name.
+    """
+    _import_builtin_methods()
+    if name not in _METHODS:
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
 def create_method(name: str, options: dict[str, Any] | None = None) -> TuningMethod:
     """A method by name, with options from a dict (e.g. a run's config.json).
 
     Raises:
         InputError: unknown method name or option.
     """
-    _import_builtin_methods()
-    if name not in _METHODS:
-        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(_METHODS)}")
-    method_type = _METHODS[name]
+    method_type = method_class(name)
     try:
         return method_type(method_type.options_type(**(options or {})))
     except (TypeError, ValueError) as error:  # unknown option names, or values __post_init__ refuses

@@ -126,10 +126,12 @@ def check_cache_mode(mode: str, method: TuningMethod) -> None:
 
 
 def use_cache(mode: str, method: TuningMethod, *, samples: int, entries: int, cache_bytes: int = 0,
-              memory_budget: int | None = None) -> bool:
+              memory_budget: int | None = None, lean: bool = False) -> bool:
     """Whether to train on the cache: ``on``/``off`` as told; ``auto`` when the method has a
-    cacheable part, the run trains on at least as many samples as the cache holds entries, and
-    the cache (``cache_bytes``) fits in ``memory_budget`` (``None``: no limit).
+    cacheable part, the cache (``cache_bytes``) fits in ``memory_budget`` (``None``: no limit),
+    and either ``lean`` (the lean memory profile: a cached step never runs the frozen part on the
+    device, whatever the run's length) or the run trains on at least as many samples as the cache
+    holds entries.
 
     Why that threshold: the build runs the frozen part once per entry (``slices × views``), the
     uncached loop once per sample trained (``steps × slices per step``); the cached steps cost
@@ -141,7 +143,7 @@ def use_cache(mode: str, method: TuningMethod, *, samples: int, entries: int, ca
     check_cache_mode(mode, method)
     if mode == "auto":
         fits = memory_budget is None or cache_bytes <= memory_budget
-        return method.encoder_cacheable and samples >= entries and fits
+        return method.encoder_cacheable and (lean or samples >= entries) and fits
     return mode == "on"
 
 

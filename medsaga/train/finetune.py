@@ -32,6 +32,7 @@ from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
 from medsaga.train.embedding_cache import (DEFAULT_VIEWS, available_memory_bytes, cache_entry_bytes, check_cache_mode,
                                            check_cache_settings, effective_views, frozen_module_name, use_cache)
+from medsaga.train.memory_profile import LEAN, resolve_memory_profile
 from medsaga.train.loop import LoopSettings, TrainingObserver, TrainResult, train
 from medsaga.train.shots import CaseSplit, choose_cases
 from medsaga.train.validation import SliceDiceValidator
@@ -70,7 +71,8 @@ class FinetuneOptions:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool | None = None  # None: as the memory profile says (lean: on where the encoder trains)
+    speed: bool = False  # trade the lean memory defaults for time (medsaga.train.memory_profile)
     plane: str = "axial"
     slice_mode: str | None = None
     intensity: str | None = None
@@ -141,7 +143,10 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
         raise InputError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {options.attention!r}")
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
-    method = create_method(options.method, options.method_options)
+    profile = resolve_memory_profile(options.method, options.method_options, speed=options.speed,
+                                     activation_checkpointing=options.activation_checkpointing,
+                                     grad_accum=options.grad_accum)
+    method = create_method(options.method, profile.method_options)
     try:
         check_cache_settings(options.cache_views, options.cache_dtype)
         check_cache_mode(options.cache_embeddings, method)
@@ -207,7 +212,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     # Half of what the machine has free now: the model, the batches and the activations need the rest.
     budget = available // 2 if available is not None else None
     if not use_cache(options.cache_embeddings, method, samples=steps * slices_per_step,
-                     entries=len(data) * cache_views, cache_bytes=cache_bytes, memory_budget=budget):
+                     entries=len(data) * cache_views, cache_bytes=cache_bytes, memory_budget=budget,
+                     lean=profile.name == LEAN):
         cache_views = 0
     lr = options.lr if options.lr is not None else default_learning_rate(method, model)
     decoder_lr = options.decoder_lr if options.decoder_lr is not None else backbone.decoder_learning_rate
@@ -216,13 +222,14 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                         weight_decay=options.weight_decay if options.weight_decay is not None
                         else method.default_weight_decay,
                         warmup_steps=int(round(options.warmup_fraction * steps)), seed=options.seed,
-                        precision=precision, activation_checkpointing=options.activation_checkpointing,
+                        precision=precision, activation_checkpointing=profile.activation_checkpointing,
                         checkpoint_every=options.checkpoint_every, cache_views=cache_views,
                         cache_dtype=options.cache_dtype, fast_attention=options.attention == "fast")
     augment = AugmentSettings(enabled=options.augment)
     cache = _cache_config(options, model, method, cache_views)
+    memory_profile = {"profile": profile.name, "applied": list(profile.applied), "notes": list(profile.notes)}
     config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
-                     checkpoint_info, device, len(data), cache)
+                     checkpoint_info, device, len(data), cache, memory_profile)
     if not resume:
         _write_json(options.out / CONFIG_FILE, config)
     reporter.info(f"{len(data)} training slices, {steps} steps of {slices_per_step} slices "
@@ -231,6 +238,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                      if options.lr is None and lr != method.default_lr else "")
                   + (f", decoder lr {decoder_lr:g}" if decoder_lr is not None else "")
                   + f", {device.type}, {precision}")
+    reporter.info(profile.describe())
+    for note in profile.notes:
+        reporter.info(note)
     if cache_views:
         reporter.info(f"embedding cache: {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "
                       f"(view 0 unaugmented) through the frozen {cache['frozen_module']} once, then every step "
@@ -240,8 +250,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
             reporter.info(f"embedding cache off (auto): it would hold {cache_bytes / 2**30:.1f} GiB, more than half of "
                           f"the {available / 2**30:.1f} GiB this machine has free; --cache-dtype fp16 or fewer "
                           "--cache-views shrink it, --cache-embeddings on forces it")
-        else:
-            reporter.info(f"embedding cache off (auto): this run trains on {steps * slices_per_step} slices, fewer "
+        else:  # only --speed weighs the cache's build against the run's length
+            reporter.info(f"embedding cache off (auto, --speed): this run trains on {steps * slices_per_step} slices, fewer "
                           f"than the {len(data) * effective_views(options.cache_views, options.augment)} views the "
                           "cache would encode first; --cache-embeddings on forces it")
 
@@ -252,7 +262,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     save_trained(method, model.cpu(), options.out)
     report = {"medsaga_version": __version__, "method": method.name, "device": str(device),
               "precision": precision, "model_type": model_type, "image_size": options.image_size,
-              "cache_embeddings": bool(cache_views),
+              "cache_embeddings": bool(cache_views), "memory_profile": memory_profile,
               "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json()}
     _write_json(options.out / REPORT_FILE, report)
     return FinetuneOutcome(options.out, method, split, result, report)
@@ -308,6 +318,8 @@ def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
         recorded.setdefault("cache_embeddings", "off")
         # ... and with SAM's padded-window attention.
         recorded.setdefault("attention", "sam")
+        # ... and without the lean memory defaults: as the options they recorded say, nothing added.
+        recorded.setdefault("speed", True)
         options = FinetuneOptions(**{**recorded, "data_dir": Path(recorded["data_dir"]), "out": run_dir,
                                      "checkpoint": Path(recorded["checkpoint"]) if recorded["checkpoint"] else None,
                                      "cases": tuple(recorded["cases"])})
@@ -366,7 +378,7 @@ def _prepare_run_dir(out: Path) -> None:
 def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, split: CaseSplit,
             settings: SliceSettings, loop: LoopSettings, augment: AugmentSettings, method: TuningMethod,
             model_type: str, checkpoint: dict[str, Any] | None, device: torch.device, slices: int,
-            cache: dict[str, Any]) -> dict[str, Any]:
+            cache: dict[str, Any], memory_profile: dict[str, Any]) -> dict[str, Any]:
     """config.json: everything needed to rebuild the model and repeat the slicing."""
     recorded = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(options).items()}
     recorded["cases"] = list(options.cases)
@@ -384,6 +396,7 @@ def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, s
         "training": asdict(loop),
         "augmentation": asdict(augment),
         "embedding_cache": cache,
+        "memory_profile": memory_profile,
         "device": str(device),
         "options": recorded,
     }
