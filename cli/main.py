@@ -38,13 +38,14 @@ def main(
 
 
 def _register_commands() -> None:
-    from cli import benchmark_cmd, evaluate_cmd, finetune_cmd, inspect_cmd, predict_cmd, weights_cmd
+    from cli import benchmark_cmd, evaluate_cmd, finetune_cmd, inspect_cmd, plan_cmd, predict_cmd, weights_cmd
 
     inspect_cmd.register(app)
     finetune_cmd.register(app)
     predict_cmd.register(app)
     evaluate_cmd.register(app)
     benchmark_cmd.register(app)
+    plan_cmd.register(app)
     weights_cmd.register(app)
 
 

@@ -1,0 +1,130 @@
+"""``medsaga plan DATA --model M --image-size S --gpu-memory 12GiB``: will each method fit, before training."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from medsaga.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)
+
+
+def plan(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (as for finetune): its classes size the mask decoder."),
+    model: str = typer.Option("vit_b", "--model", help="Model type: litemedsam, vit_b, vit_l, vit_h, tiny."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Training input size (default: the "
+                                                                     "model's, as finetune's)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per step to plan for (finetune's default)."),
+    gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="The GPU's memory, e.g. 12GiB, 8GB, 24000MiB: "
+                                                                     "says what fits and the largest batch that does."),
+    methods: str = typer.Option("all", "--methods", "-m", help="Methods, comma-separated, or all."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (finetune's auto is bf16 on a recent GPU)."),
+    device: str = typer.Option("auto", "--device", help="Where the small profiled steps run: auto, cpu or cuda. "
+                                                        "On a CPU the profiler counts the bytes a GPU's allocator "
+                                                        "would."),
+    profile_sizes: str | None = typer.Option(None, "--profile-sizes", help="Three image sizes to profile at, "
+                                                                           "comma-separated (default 224,336,448; "
+                                                                           "litemedsam 128,192,256)."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the plan as JSON to this file."),
+) -> None:
+    """The peak GPU memory of every method, lean (finetune's default) and with --speed, predicted
+    from a few small profiled steps (random weights: memory does not depend on their values).
+
+    Parameters, optimizer state and gradients are exact counts; activations are measured at two
+    batch sizes and three small image sizes and extrapolated (linear in the batch and in the
+    token count). Prints each peak with its breakdown, whether it fits in --gpu-memory, and the
+    largest batch size that does.
+    """
+    from medsaga.data.dataset import discover_dataset
+    from medsaga.methods.registry import method_names
+    from medsaga.model.build import check_image_size, check_model_type, default_image_size
+    from medsaga.plan.run import default_profiled_sizes, parse_memory, plan as run_plan
+    from medsaga.train.data import label_mapping
+    from medsaga.train.finetune import resolve_device
+
+    check_model_type(model)
+    size = check_image_size(image_size if image_size is not None else default_image_size(model))
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if precision not in ("fp32", "bf16"):
+        raise InputError(f"--precision must be fp32 or bf16, got {precision!r}")
+    try:
+        memory = parse_memory(gpu_memory) if gpu_memory is not None else None
+    except ValueError as error:
+        raise InputError(f"--gpu-memory: {error}") from None
+    known = method_names()
+    chosen = known if methods.strip() == "all" else [name.strip() for name in methods.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        raise InputError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    sizes = default_profiled_sizes(model)
+    if profile_sizes is not None:
+        try:
+            sizes = tuple(check_image_size(int(text)) for text in profile_sizes.split(","))
+        except ValueError:
+            raise InputError(f"--profile-sizes takes three sizes like 224,336,448, got {profile_sizes!r}") from None
+        if len(set(sizes)) != 3:
+            raise InputError(f"--profile-sizes takes three different sizes, got {profile_sizes!r}")
+    mapping = label_mapping(discover_dataset(data_dir))
+    torch_device = resolve_device(device)
+
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    started = time.perf_counter()
+    console.print(f"profiling {model} at {', '.join(map(str, sizes))} px, batches 1 and 2, on {torch_device.type}",
+                  markup=False)
+    rows = run_plan(chosen, model_type=model, num_classes=mapping.num_classes, image_size=size, batch_size=batch_size,
+                    memory_bytes=memory, device=torch_device, sizes=sizes, precision=precision,
+                    on_progress=lambda what: console.print(f"  {what}", markup=False))
+    document = {"model": model, "image_size": size, "batch_size": batch_size, "gpu_memory_bytes": memory,
+                "precision": precision, "device": str(torch_device), "profiled_sizes": list(sizes),
+                "num_classes": mapping.num_classes, "seconds": round(time.perf_counter() - started, 1),
+                "rows": [row.to_json() for row in rows]}
+    _print_plan(document, gpu_memory)
+    if out is not None:
+        from medsaga.io.atomic import atomic_output
+
+        with atomic_output(out) as temporary:
+            temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f}"
+
+
+def _print_plan(document: dict[str, Any], memory_text: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (f"medsaga plan: {document['model']} at {document['image_size']} px, batch {document['batch_size']}, "
+             f"{document['precision']}" + (f", GPU {memory_text}" if memory_text else ""))
+    table = Table(title=title)
+    for column in ("method", "memory", "peak GiB", "weights", "optimizer", "gradients etc.", "activations"):
+        table.add_column(column, justify="left" if column in ("method", "memory") else "right")
+    if memory_text:
+        table.add_column("fits")
+        table.add_column("largest batch", justify="right")
+    for row in document["rows"]:
+        prediction = row["prediction"]
+        settings = row["profile"] + (f" ({', '.join(row['applied'])})" if row["applied"] else "")
+        cells = [row["method"], settings, _gib(prediction["peak_bytes"]), _gib(prediction["model_bytes"]),
+                 _gib(prediction["optimizer_bytes"]), _gib(prediction["fixed_bytes"]),
+                 _gib(prediction["activation_bytes"])]
+        if memory_text:
+            cells += ["yes" if row["fits"] else "NO", str(row["largest_batch"])]
+        table.add_row(*cells)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    console.print(table)
+    console.print("Predicted peak of torch.cuda.max_memory_allocated during a training step (weights + optimizer "
+                  "state + what a step allocates: gradients and temporaries, and activations for the batch). "
+                  "The CUDA context and the allocator's caching add some hundreds of MiB on a real GPU. "
+                  f"Profiled in {document['seconds']:.0f} s.", markup=False)
