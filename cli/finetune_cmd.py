@@ -102,6 +102,10 @@ def finetune(
                                                               "work on the zero padding of SAM's 14x14 windows; "
                                                               "exact, ~1.4x faster at 256 px and less activation "
                                                               "memory) or sam (segment-anything's own)."),
+    gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="The GPU's memory (e.g. 12GiB): predict this "
+                                                                     "run's peak first (as 'medsaga plan') and stop "
+                                                                     "with one line if it does not fit. On CUDA the "
+                                                                     "plan is printed anyway."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this RUN_DIR from its last "
                                                               "checkpoint."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
@@ -133,7 +137,7 @@ def finetune(
             speed=speed,
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
-            cache_dtype=cache_dtype, attention=attention, force=force), False
+            cache_dtype=cache_dtype, attention=attention, gpu_memory=gpu_memory, force=force), False
     reporter = _Reporter()
     try:
         outcome = run_finetune(options, reporter, resume=resuming)

@@ -88,3 +88,27 @@ def test_plan_refuses_bad_options_in_one_line(arguments: list[str], fragment: st
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+
+
+def test_finetune_plans_its_own_run_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    from medsaga.train.finetune import finetune
+    from tests.test_finetune import QuietReporter, tiny_options
+
+    reporter = QuietReporter()
+    run = finetune(tiny_options(tmp_path / "fits", shots=1, steps=2, image_size=288, batch_size=3, method_options={},
+                                gpu_memory="10GiB", checkpoint_every=0), reporter)
+    plan = run.report["memory_plan"]
+    assert plan["fits"] is True and plan["largest_batch"] > 3
+    assert any(message.startswith("memory plan: predicted GPU peak") for message in reporter.messages)
+    memory, peak = run.report["memory"], run.report["tensor_peak"]
+    measured = memory["frozen_parameters"] + memory["trainable_parameters"] + memory["optimizer_state"] \
+        + peak["in_step_bytes"]
+    assert plan["prediction"]["peak_bytes"] == pytest.approx(measured, rel=0.10)
+
+    out = tmp_path / "too-small"
+    result = medsaga("finetune", str(SAMPLE), "--model", "tiny", "--shots", "1", "--steps", "2", "--image-size", "288",
+                     "--gpu-memory", "20MiB", "--out", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("error: --gpu-memory 20MiB: predicted GPU peak") and "does not fit" in lines[-1]
+    assert not out.exists()  # refused before the run folder was made

@@ -83,6 +83,7 @@ class FinetuneOptions:
     cache_views: int = DEFAULT_VIEWS
     cache_dtype: str = "fp32"
     attention: str = "fast"
+    gpu_memory: str | None = None  # e.g. "12GiB": plan the run's peak first and refuse if it does not fit
     force: bool = False
 
 
@@ -143,6 +144,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
         raise InputError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {options.attention!r}")
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
+    gpu_memory = _gpu_memory_bytes(options.gpu_memory)
     profile = resolve_memory_profile(options.method, options.method_options, speed=options.speed,
                                      activation_checkpointing=options.activation_checkpointing,
                                      grad_accum=options.grad_accum)
@@ -169,6 +171,10 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     # frozen buffers, which would make "trainable of total" compare against a shrunken total.
     base_parameters = count_parameters(model)[1]
     method.prepare(model)
+    memory_plan = None
+    if gpu_memory is not None or device.type == "cuda":
+        memory_plan = _plan_own_run(options, profile, model_type, mapping.num_classes, device, precision, gpu_memory,
+                                    reporter)
 
     # --- data: every chosen case is read and checked before anything is written ----------------
     settings = SliceSettings(plane=options.plane,
@@ -262,10 +268,54 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     save_trained(method, model.cpu(), options.out)
     report = {"medsaga_version": __version__, "method": method.name, "device": str(device),
               "precision": precision, "model_type": model_type, "image_size": options.image_size,
-              "cache_embeddings": bool(cache_views), "memory_profile": memory_profile,
+              "cache_embeddings": bool(cache_views), "memory_profile": memory_profile, "memory_plan": memory_plan,
               "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json()}
     _write_json(options.out / REPORT_FILE, report)
     return FinetuneOutcome(options.out, method, split, result, report)
+
+
+def _gpu_memory_bytes(text: str | None) -> int | None:
+    from medsaga.plan.run import parse_memory
+
+    if text is None:
+        return None
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise InputError(f"--gpu-memory: {error}") from None
+
+
+def _plan_own_run(options: FinetuneOptions, profile: Any, model_type: str, num_classes: int, device: torch.device,
+                  precision: str, gpu_memory: int | None, reporter: FinetuneReporter) -> dict[str, Any]:
+    """The memory plan of this run's own settings (:mod:`medsaga.plan`), printed before any long work;
+    an :class:`InputError` when ``--gpu-memory`` is given and the predicted peak does not fit."""
+    from medsaga.methods.registry import method_class
+    from medsaga.plan.measure import TrainingConfig
+    from medsaga.plan.run import default_profiled_sizes, fit_config
+
+    config = TrainingConfig(options.method, profile.method_options, profile.activation_checkpointing,
+                            cache=method_class(options.method).encoder_cacheable and options.cache_embeddings != "off",
+                            precision=precision)
+    sizes = default_profiled_sizes(model_type)
+    fitted, _ = fit_config(config, model_type=model_type, num_classes=num_classes, sizes=sizes, device=device)
+    prediction = fitted.predict(options.image_size, options.batch_size)
+    gib = 2**30
+    text = (f"predicted GPU peak {prediction.peak_bytes / gib:.2f} GiB at batch {options.batch_size}, "
+            f"{options.image_size} px (weights {prediction.model_bytes / gib:.2f}, optimizer "
+            f"{prediction.optimizer_bytes / gib:.2f}, gradients etc. {prediction.fixed_bytes / gib:.2f}, "
+            f"activations {prediction.activation_bytes / gib:.2f})")
+    plan: dict[str, Any] = {"prediction": prediction.to_json(), "gpu_memory_bytes": gpu_memory, "fits": None,
+                            "largest_batch": None, "profiled_sizes": list(sizes)}
+    if gpu_memory is not None:
+        largest = fitted.largest_batch(options.image_size, gpu_memory)
+        plan.update(fits=prediction.peak_bytes <= gpu_memory, largest_batch=largest)
+        if not plan["fits"]:
+            advice = (f"--batch-size {largest} fits" if largest else "not even batch 1 fits: a smaller --image-size, "
+                      "or another method (medsaga plan compares them)")
+            raise InputError(f"--gpu-memory {options.gpu_memory}: {text} does not fit; {advice}")
+        text += f"; fits in {options.gpu_memory} (largest batch {largest})"
+    reporter.info(f"memory plan: {text}, from steps profiled at {', '.join(map(str, sizes))} px")
+    return plan
 
 
 def default_learning_rate(method: TuningMethod, model: Any) -> float:
