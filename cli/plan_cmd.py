@@ -26,7 +26,8 @@ def plan(
     gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="The GPU's memory, e.g. 12GiB, 8GB, 24000MiB: "
                                                                      "says what fits and the largest batch that does."),
     methods: str = typer.Option("all", "--methods", "-m", help="Methods, comma-separated, or all."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (finetune's auto is bf16 on a recent GPU)."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32 or bf16 (finetune's auto is bf16 on a recent GPU)."),
     device: str = typer.Option("auto", "--device", help="Where the small profiled steps run: auto, cpu or cuda. "
                                                         "On a CPU the profiler counts the bytes a GPU's allocator "
                                                         "would."),

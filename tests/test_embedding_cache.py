@@ -14,7 +14,7 @@ from medsaga.methods import create_method
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import CaseStack, TrainingSlices
 from medsaga.train.embedding_cache import build_cache, use_cache, view_schedule
-from medsaga.train.loop import LoopSettings, train
+from medsaga.train.loop import LoopSettings, SilentObserver, train
 from tests.method_helpers import tiny_segmenter
 
 SIZE = 64
@@ -49,17 +49,6 @@ def _prepared(name: str, seed: int = 0):
     method = create_method(name, OPTIONS[name])
     method.prepare(model)
     return model, method
-
-
-class _Silent:
-    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
-        pass
-
-    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
-        pass
-
-    def on_validation(self, epoch: int, mean_dice: float) -> None:
-        pass
 
 
 @pytest.mark.parametrize("name", ["decoder", "adapter"])
@@ -188,7 +177,8 @@ def test_cached_training_equals_training_on_the_same_views_without_the_cache(nam
         initial = {key: value.clone() for key, value in method.trained_state(model).items()}
         run = tmp_path / f"encode-{encode}"
         run.mkdir()
-        result = train(model, method, data, settings, run, _Silent(), Augmenter(AugmentSettings(prob=1.0), seed=1),
+        result = train(model, method, data, settings, run, SilentObserver(),
+                       Augmenter(AugmentSettings(prob=1.0), seed=1),
                        device=CPU, cache_encoder=encode)
         states.append(method.trained_state(model))
         model.eval()
@@ -210,5 +200,5 @@ def test_the_loop_refuses_a_cache_for_a_method_without_a_frozen_part(tmp_path: P
     method = create_method("lora")
     method.prepare(model)
     with pytest.raises(ValueError, match="no cacheable frozen encoder part"):
-        train(model, method, _slices(), LoopSettings(steps=1, batch_size=2, cache_views=2), tmp_path, _Silent(),
+        train(model, method, _slices(), LoopSettings(steps=1, batch_size=2, cache_views=2), tmp_path, SilentObserver(),
               Augmenter(AugmentSettings(), 0), device=CPU)

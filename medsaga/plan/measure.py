@@ -50,17 +50,6 @@ class TrainingConfig:
                 self.cache, self.precision)
 
 
-class _Silent:
-    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
-        pass
-
-    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
-        pass
-
-    def on_validation(self, epoch: int, mean_dice: float) -> None:
-        pass
-
-
 def random_slices(count: int, image_size: int, num_classes: int, seed: int = 0) -> list[Any]:
     """``count`` random slices ``(3, S, S)`` in [0, 1] with labels in ``0..num_classes``, as one case."""
     from medsaga.train.data import CaseStack
@@ -80,7 +69,7 @@ def measure_step(config: TrainingConfig, *, model_type: str, image_size: int, ba
     from medsaga.model.segmenter import SamSegmenter
     from medsaga.train.augment import AugmentSettings, Augmenter
     from medsaga.train.data import TrainingSlices
-    from medsaga.train.loop import LoopSettings, train
+    from medsaga.train.loop import LoopSettings, SilentObserver, train
 
     torch.manual_seed(seed)
     method = create_method(config.method, config.method_options)
@@ -93,7 +82,7 @@ def measure_step(config: TrainingConfig, *, model_type: str, image_size: int, ba
                             cache_views=1 if config.cache else 0, tensor_peak_step=PROFILED_STEPS - 1)
     # train() writes metrics and a final resumable checkpoint into its run folder: a scratch one.
     with tempfile.TemporaryDirectory(prefix="medsaga-plan-") as run_dir:
-        result = train(model, method, data, settings, Path(run_dir), _Silent(),
+        result = train(model, method, data, settings, Path(run_dir), SilentObserver(),
                        Augmenter(AugmentSettings(enabled=False), seed), device=device)
     peak = result.tensor_peak or {}
     if not peak.get("measured"):

@@ -257,7 +257,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                           f"the {available / 2**30:.1f} GiB this machine has free; --cache-dtype fp16 or fewer "
                           "--cache-views shrink it, --cache-embeddings on forces it")
         else:  # only --speed weighs the cache's build against the run's length
-            reporter.info(f"embedding cache off (auto, --speed): this run trains on {steps * slices_per_step} slices, fewer "
+            reporter.info(f"embedding cache off (auto, --speed): this run trains on {steps * slices_per_step} "
+                          "slices, fewer "
                           f"than the {len(data) * effective_views(options.cache_views, options.augment)} views the "
                           "cache would encode first; --cache-embeddings on forces it")
 

@@ -100,6 +100,19 @@ class TrainingObserver(Protocol):
     def on_validation(self, epoch: int, mean_dice: float) -> None: ...
 
 
+class SilentObserver:
+    """A :class:`TrainingObserver` that shows nothing (profiled steps, tests)."""
+
+    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
+        pass
+
+    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
+        pass
+
+    def on_validation(self, epoch: int, mean_dice: float) -> None:
+        pass
+
+
 @dataclass
 class TrainResult:
     """What a run measured (goes to report.json)."""
