@@ -11,9 +11,9 @@ import torch
 from medsaga.methods import create_method
 from medsaga.model.fast_attention import is_sped_up
 from medsaga.train.augment import AugmentSettings, Augmenter
-from medsaga.train.loop import LoopSettings, train
+from medsaga.train.loop import LoopSettings, SilentObserver, train
 from tests.method_helpers import tiny_segmenter
-from tests.test_embedding_cache import SIZE, _one_thread, _Silent, _slices  # noqa: F401 (autouse fixture)
+from tests.test_embedding_cache import SIZE, _one_thread, _slices  # noqa: F401 (autouse fixture)
 
 CPU = torch.device("cpu")
 
@@ -36,7 +36,7 @@ def test_training_with_fast_attention_equals_training_with_sams(name: str, tmp_p
         run = tmp_path / f"fast-{fast_attention}"
         run.mkdir()
         settings = LoopSettings(steps=3, batch_size=2, lr=1e-3, seed=2, fast_attention=fast_attention)
-        train(model, method, data, settings, run, _Silent(), Augmenter(AugmentSettings(), seed=2), device=CPU)
+        train(model, method, data, settings, run, SilentObserver(), Augmenter(AugmentSettings(), seed=2), device=CPU)
         fast.append(is_sped_up(model.sam.image_encoder))
         losses.append([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
         model.eval()
