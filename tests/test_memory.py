@@ -206,8 +206,7 @@ def test_step_tensor_peak_ignores_tensors_from_before_the_step() -> None:
 def test_the_loop_reports_the_tensor_peak_of_its_second_step(tmp_path) -> None:
     from medsaga.methods import create_method
     from medsaga.train.augment import AugmentSettings, Augmenter
-    from medsaga.train.loop import LoopSettings, train
-    from medsaga.train.loop import SilentObserver
+    from medsaga.train.loop import LoopSettings, SilentObserver, train
     from tests.test_embedding_cache import SIZE, _slices
 
     model = tiny_segmenter(image_size=SIZE)
