@@ -134,6 +134,7 @@ def test_cache_options_resolve_per_method_and_fail_before_any_work(tmp_path: Pat
     lean = finetune(tiny_options(tmp_path / "lean", shots=1, steps=1, method="decoder", method_options={}),
                     QuietReporter())
     assert lean.report["cache_embeddings"] and lean.report["memory_profile"]["profile"] == "lean"
+    assert lean.report["memory_profile"]["applied"] == ["embedding_cache"]
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert config["embedding_cache"]["enabled"] is False and config["training"]["cache_views"] == 0
     for changes, fragment in [({"cache_embeddings": "on"}, "method 'galore' trains its image encoder"),

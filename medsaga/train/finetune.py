@@ -233,6 +233,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                         cache_dtype=options.cache_dtype, fast_attention=options.attention == "fast")
     augment = AugmentSettings(enabled=options.augment)
     cache = _cache_config(options, model, method, cache_views)
+    if cache_views and profile.name == LEAN:  # the cache is decided here, once its size is known
+        profile = replace(profile, applied=(*profile.applied, "embedding_cache"))
     memory_profile = {"profile": profile.name, "applied": list(profile.applied), "notes": list(profile.notes)}
     config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
                      checkpoint_info, device, len(data), cache, memory_profile)
