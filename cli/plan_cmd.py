@@ -47,7 +47,7 @@ def plan(
     from medsaga.data.dataset import discover_dataset
     from medsaga.methods.registry import method_names
     from medsaga.model.build import check_image_size, check_model_type, default_image_size
-    from medsaga.plan.run import default_profiled_sizes, parse_memory, plan as run_plan
+    from medsaga.plan.run import default_profiled_sizes, gpu_memory_bytes, plan as run_plan
     from medsaga.train.data import label_mapping
     from medsaga.train.finetune import resolve_device
 
@@ -57,10 +57,7 @@ def plan(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if precision not in ("fp32", "bf16"):
         raise InputError(f"--precision must be fp32 or bf16, got {precision!r}")
-    try:
-        memory = parse_memory(gpu_memory) if gpu_memory is not None else None
-    except ValueError as error:
-        raise InputError(f"--gpu-memory: {error}") from None
+    memory = gpu_memory_bytes(gpu_memory)
     known = method_names()
     chosen = known if methods.strip() == "all" else [name.strip() for name in methods.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in known]

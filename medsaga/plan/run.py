@@ -1,7 +1,7 @@
 """``medsaga plan``: will it fit on our GPU? Every method, lean and fast, before any long work.
 
 For each method and memory profile (:mod:`medsaga.train.memory_profile`) the configuration the
-profile resolves to is profiled at two small batch sizes and two small image sizes
+profile resolves to is profiled at two small batch sizes and three small image sizes
 (:mod:`medsaga.plan.measure`), the peak model fitted (:mod:`medsaga.plan.extrapolate`), and the
 peak at the asked batch and image size predicted, with whether it fits in ``--gpu-memory`` and the
 largest batch size that would. Configurations that allocate the same are measured once.
@@ -19,7 +19,8 @@ from medsaga.methods.registry import method_class
 from medsaga.model.build import LITEMEDSAM
 from medsaga.plan.extrapolate import PeakModel, PeakPrediction, StepMeasurement
 from medsaga.plan.measure import TrainingConfig, measure_step
-from medsaga.train.memory_profile import LEAN, SPEED, resolve_memory_profile
+from medsaga.errors import InputError
+from medsaga.train.memory_profile import LEAN, SPEED, MemoryProfile, resolve_memory_profile
 
 PROFILES = (LEAN, SPEED)
 PROFILED_BATCHES = (1, 2)
@@ -35,17 +36,19 @@ def default_profiled_sizes(model_type: str) -> tuple[int, int, int]:
     return (128, 192, 256) if model_type == LITEMEDSAM else (224, 336, 448)
 
 
-def training_config(method: str, profile: str, *, grad_accum: int = 1, precision: str = "fp32",
-                    method_options: dict[str, Any] | None = None,
-                    activation_checkpointing: bool | None = None) -> tuple[TrainingConfig, tuple[str, ...]]:
+def config_of(method: str, resolved: MemoryProfile, *, precision: str, cache_allowed: bool = True) -> TrainingConfig:
+    """The :class:`TrainingConfig` a run of ``method`` trains with under the ``resolved`` profile.
+    The embedding cache is counted on wherever the method can use it (unless ``cache_allowed`` is
+    false: ``--cache-embeddings off``): it lives in host RAM, so it only ever lowers the device's peak."""
+    return TrainingConfig(method, resolved.method_options, resolved.activation_checkpointing,
+                          cache=cache_allowed and method_class(method).encoder_cacheable, precision=precision)
+
+
+def training_config(method: str, profile: str, *, precision: str = "fp32") -> tuple[TrainingConfig, tuple[str, ...]]:
     """What ``finetune --method METHOD`` (with ``--speed`` for the speed profile) trains with, and
-    the lean settings it applies. The embedding cache is counted on wherever the method can use
-    it: it lives in host RAM, so it only ever lowers the device's peak."""
-    resolved = resolve_memory_profile(method, method_options or {}, speed=profile == SPEED,
-                                      activation_checkpointing=activation_checkpointing, grad_accum=grad_accum)
-    config = TrainingConfig(method, resolved.method_options, resolved.activation_checkpointing,
-                            cache=method_class(method).encoder_cacheable, precision=precision)
-    return config, resolved.applied
+    the lean settings it applies."""
+    resolved = resolve_memory_profile(method, {}, speed=profile == SPEED, activation_checkpointing=None, grad_accum=1)
+    return config_of(method, resolved, precision=precision), resolved.applied
 
 
 @dataclass
@@ -68,17 +71,11 @@ class PlanRow:
 
 
 def fit_config(config: TrainingConfig, *, model_type: str, num_classes: int, sizes: Sequence[int],
-               device: torch.device, batches: Sequence[int] = PROFILED_BATCHES,
-               on_measured: Callable[[StepMeasurement], None] | None = None) -> tuple[PeakModel, list[StepMeasurement]]:
+               device: torch.device, batches: Sequence[int] = PROFILED_BATCHES) -> tuple[PeakModel, list[StepMeasurement]]:
     """Profile ``config`` at every ``sizes`` × ``batches`` and fit its :class:`PeakModel`."""
-    measurements = []
-    for size in sizes:
-        for batch in batches:
-            measured = measure_step(config, model_type=model_type, image_size=size, batch_size=batch,
-                                    num_classes=num_classes, device=device)
-            measurements.append(measured)
-            if on_measured is not None:
-                on_measured(measured)
+    measurements = [measure_step(config, model_type=model_type, image_size=size, batch_size=batch,
+                                 num_classes=num_classes, device=device)
+                    for size in sizes for batch in batches]
     return PeakModel.fit(measurements), measurements
 
 
@@ -108,6 +105,20 @@ def plan(methods: Sequence[str], *, model_type: str, num_classes: int, image_siz
 
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def gpu_memory_bytes(text: str | None) -> int | None:
+    """``--gpu-memory`` in bytes (:func:`parse_memory`); ``None`` when not given.
+
+    Raises:
+        InputError: not a memory size.
+    """
+    if text is None:
+        return None
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise InputError(f"--gpu-memory: {error}") from None
 
 
 def parse_memory(text: str) -> int:

@@ -32,7 +32,8 @@ from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
 from medsaga.train.embedding_cache import (DEFAULT_VIEWS, available_memory_bytes, cache_entry_bytes, check_cache_mode,
                                            check_cache_settings, effective_views, frozen_module_name, use_cache)
-from medsaga.train.memory_profile import LEAN, resolve_memory_profile
+from medsaga.plan.run import gpu_memory_bytes
+from medsaga.train.memory_profile import LEAN, MemoryProfile, resolve_memory_profile
 from medsaga.train.loop import LoopSettings, TrainingObserver, TrainResult, train
 from medsaga.train.shots import CaseSplit, choose_cases
 from medsaga.train.validation import SliceDiceValidator
@@ -144,7 +145,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
         raise InputError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {options.attention!r}")
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
-    gpu_memory = _gpu_memory_bytes(options.gpu_memory)
+    gpu_memory = gpu_memory_bytes(options.gpu_memory)
     profile = resolve_memory_profile(options.method, options.method_options, speed=options.speed,
                                      activation_checkpointing=options.activation_checkpointing,
                                      grad_accum=options.grad_accum)
@@ -277,28 +278,13 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     return FinetuneOutcome(options.out, method, split, result, report)
 
 
-def _gpu_memory_bytes(text: str | None) -> int | None:
-    from medsaga.plan.run import parse_memory
-
-    if text is None:
-        return None
-    try:
-        return parse_memory(text)
-    except ValueError as error:
-        raise InputError(f"--gpu-memory: {error}") from None
-
-
-def _plan_own_run(options: FinetuneOptions, profile: Any, model_type: str, num_classes: int, device: torch.device,
+def _plan_own_run(options: FinetuneOptions, profile: MemoryProfile, model_type: str, num_classes: int, device: torch.device,
                   precision: str, gpu_memory: int | None, reporter: FinetuneReporter) -> dict[str, Any]:
     """The memory plan of this run's own settings (:mod:`medsaga.plan`), printed before any long work;
     an :class:`InputError` when ``--gpu-memory`` is given and the predicted peak does not fit."""
-    from medsaga.methods.registry import method_class
-    from medsaga.plan.measure import TrainingConfig
-    from medsaga.plan.run import default_profiled_sizes, fit_config
+    from medsaga.plan.run import config_of, default_profiled_sizes, fit_config
 
-    config = TrainingConfig(options.method, profile.method_options, profile.activation_checkpointing,
-                            cache=method_class(options.method).encoder_cacheable and options.cache_embeddings != "off",
-                            precision=precision)
+    config = config_of(options.method, profile, precision=precision, cache_allowed=options.cache_embeddings != "off")
     sizes = default_profiled_sizes(model_type)
     fitted, _ = fit_config(config, model_type=model_type, num_classes=num_classes, sizes=sizes, device=device)
     prediction = fitted.predict(options.image_size, options.batch_size)

@@ -76,9 +76,9 @@ def resolve_memory_profile(method_name: str, method_options: dict[str, Any], *, 
     applied: list[str] = []
     notes: list[str] = []
     for option, value in ({} if speed else method_type.lean_options).items():
-        conflict = method_type.lean_conflict(option, value, grad_accum=grad_accum)
         if option in options:
             continue  # the user chose; a conflict of theirs is refused below
+        conflict = method_type.lean_conflict(option, value, grad_accum=grad_accum)
         if conflict is not None:
             notes.append(f"memory: {option}={_text(value)} is off because {conflict}")
             continue
