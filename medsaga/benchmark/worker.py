@@ -154,10 +154,10 @@ def _train_and_time(spec: WorkerSpec, model: Any, method: Any, device: Any, reco
                             activation_checkpointing=spec.activation_checkpointing, cache_views=spec.cache_views,
                             fast_attention=spec.fast_attention, tensor_peak_step=WARMUP_STEPS + spec.steps)
     observer = _StepTimes(spec.batch_size)
-    # train() writes metrics and a final resumable checkpoint into its run folder: a scratch one.
+    # train() writes its metrics into the run folder: a scratch one.
     with tempfile.TemporaryDirectory(prefix="medsaga-benchmark-run-") as run_dir:
         result = train(model, method, data, settings, Path(run_dir), observer,
-                       Augmenter(AugmentSettings(), spec.seed), device=device)
+                       Augmenter(AugmentSettings(), spec.seed), device=device, save_state=False)
     timed = observer.seconds[WARMUP_STEPS:WARMUP_STEPS + spec.steps]
     record.update(peak_memory=result.peak_memory, memory=result.memory.to_json(), tensor_peak=result.tensor_peak,
                   train_step_seconds=timed,

@@ -80,10 +80,10 @@ def measure_step(config: TrainingConfig, *, model_type: str, image_size: int, ba
                             weight_decay=method.default_weight_decay, seed=seed, precision=config.precision,
                             activation_checkpointing=config.activation_checkpointing,
                             cache_views=1 if config.cache else 0, tensor_peak_step=PROFILED_STEPS - 1)
-    # train() writes metrics and a final resumable checkpoint into its run folder: a scratch one.
+    # train() writes its metrics into the run folder: a scratch one.
     with tempfile.TemporaryDirectory(prefix="medsaga-plan-") as run_dir:
         result = train(model, method, data, settings, Path(run_dir), SilentObserver(),
-                       Augmenter(AugmentSettings(enabled=False), seed), device=device)
+                       Augmenter(AugmentSettings(enabled=False), seed), device=device, save_state=False)
     peak = result.tensor_peak or {}
     if not peak.get("measured"):
         raise RuntimeError("this torch build does not report allocations: the step's memory cannot be measured")
