@@ -109,6 +109,10 @@ def finetune(
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this RUN_DIR from its last "
                                                               "checkpoint."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
+    nproc: int = typer.Option(1, "--nproc", help="Train with this many processes on this machine (one per GPU, "
+                                                 "or CPU processes): launches torchrun. --batch-size is the "
+                                                 "global batch, split between them. For several machines run "
+                                                 "torchrun yourself (README: Scaling out)."),
 ) -> None:
     """Few-shot fine-tuning of SAM for prompt-free multi-class segmentation.
 
@@ -138,12 +142,26 @@ def finetune(
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
             cache_dtype=cache_dtype, attention=attention, gpu_memory=gpu_memory, force=force), False
+    if nproc < 1:
+        raise InputError(f"--nproc must be at least 1, got {nproc}")
+    if nproc > 1:
+        from cli.launch import launch_torchrun, without_option
+        from medsaga import distributed
+        from medsaga.train.finetune import check_inputs
+
+        if distributed.launched_by_torchrun():
+            raise InputError("--nproc launches torchrun itself: under torchrun, leave it out")
+        check_inputs(options, resume=resuming, world_size=nproc)  # bad input: one line here, not one per process
+        raise typer.Exit(launch_torchrun(nproc, without_option(sys.argv[1:], "--nproc")))
     reporter = _Reporter()
     try:
         outcome = run_finetune(options, reporter, resume=resuming)
     finally:
         reporter.close()
-    _print_report(outcome.report, outcome.run_dir)
+    from medsaga import distributed
+
+    if distributed.current().is_main:
+        _print_report(outcome.report, outcome.run_dir)
 
 
 def _parse_method_options(pairs: list[str]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from medsaga.distributed import global_sum
+
 CE_WEIGHT = 0.2
 DICE_WEIGHT = 0.8
 
@@ -36,8 +38,10 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5
     probabilities = logits.float().softmax(dim=1)
     one_hot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(probabilities.dtype)
     dims = (0, 2, 3)
-    intersection = (probabilities * one_hot).sum(dims)
-    total = probabilities.sum(dims) + one_hot.sum(dims)
+    # Under DDP each rank holds a shard of the batch: the sums run over the whole global batch, so
+    # every rank's Dice (and the step's gradient) is the single-process one.
+    intersection = global_sum((probabilities * one_hot).sum(dims))
+    total = global_sum(probabilities.sum(dims) + one_hot.sum(dims))
     dice = (2 * intersection + eps) / (total + eps)
     return 1 - dice.mean()
 

@@ -59,6 +59,12 @@ micro-batches is impossible, and so are global-norm gradient clipping and AMP's 
 (they need all gradients before any update); call :func:`check_layerwise_compatible` with the loop's
 settings to refuse them clearly. Run evaluation under ``torch.no_grad()``: a backward pass
 anywhere updates the weights. The updates and the state are identical to the normal mode.
+
+Under DDP the hooks fire before DDP's bucketed all-reduce (galore-torch refuses the combination
+for that reason). Set ``reduce_gradient`` (the training loop does, under torchrun) and each hook
+averages its gradient over the ranks first, so every rank updates, and projects, from the same
+all-reduced gradient. One all-reduce per parameter: slower than DDP's buckets, the price of never
+holding all gradients at once.
 """
 
 from __future__ import annotations
@@ -123,6 +129,9 @@ class GaLoreAdamW(Optimizer):
         self.layerwise = layerwise
         self._hook_handles: list[RemovableHandle] = []
         self._group_index: dict[int, int] = {}
+        # Layer-wise mode under DDP: called on each complete gradient, in its hook, before the
+        # update (medsaga.distributed.average_gradient_). None: use the gradient as it is.
+        self.reduce_gradient: Callable[[Tensor], None] | None = None
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -137,9 +146,18 @@ class GaLoreAdamW(Optimizer):
         super().__setstate__(state)
         self.layerwise = False
         self._hook_handles = []
+        self.reduce_gradient = None
         self._group_index = {
             id(p): index for index, group in enumerate(self.param_groups) for p in group["params"]
         }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state (resume). ``Optimizer.load_state_dict`` goes through ``__setstate__``,
+        which is for copies without hooks; this optimizer keeps its hooks, its layer-wise mode
+        and its gradient reducer."""
+        layerwise, handles, reduce_gradient = self.layerwise, self._hook_handles, self.reduce_gradient
+        super().load_state_dict(state_dict)
+        self.layerwise, self._hook_handles, self.reduce_gradient = layerwise, handles, reduce_gradient
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; complete and check its GaLore keys; hook its parameters if layer-wise."""
@@ -182,6 +200,8 @@ class GaLoreAdamW(Optimizer):
         if p.grad is None:
             return
         with torch.no_grad():
+            if self.reduce_gradient is not None:  # DDP's role under torchrun (medsaga.distributed)
+                self.reduce_gradient(p.grad)
             self._update(p, self.param_groups[self._group_index[id(p)]])
         p.grad = None
 

@@ -49,9 +49,14 @@ class Augmenter:
     def enabled(self) -> bool:
         return self._transform is not None
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of training step ``step``: sample ``i`` seeded from (seed, step, i)."""
-        return self.apply(images, labels, [_sample_seed(self.seed, step, position)
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int,
+                 first_position: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of training step ``step``: sample ``i`` seeded from (seed, step, first_position + i).
+
+        ``first_position``: where this batch starts in the step's global batch (a DDP rank's shard),
+        so that every sample is augmented as in the single-process run.
+        """
+        return self.apply(images, labels, [_sample_seed(self.seed, step, first_position + position)
                                            for position in range(images.shape[0])])
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor,

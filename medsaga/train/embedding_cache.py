@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from medsaga.methods.base import TuningMethod
+from medsaga import distributed
 from medsaga.train.augment import Augmenter, view_seed
 from medsaga.train.data import TrainingSlices
 
@@ -200,7 +201,13 @@ def build_cache(model: nn.Module, method: TuningMethod, data: TrainingSlices, au
     as it is (the frozen part is deterministic either way). ``autocast`` is the training precision's
     context (bf16 autocast, or none), so the cached outputs are what the uncached steps would
     compute. ``encode=False`` keeps the views (images always) without running the encoder.
+
+    Under torchrun each rank encodes its share of the batches only, and the shares are summed into
+    every rank's copy (each entry is non-zero on exactly one rank, so the sum is exact): the
+    encoder's work is done once over all ranks, not once per rank. The views (cheap) are made on
+    every rank.
     """
+    rank = distributed.current()
     check_cache_settings(views, dtype)
     frozen_part = method.frozen_encoder(model) if encode else None
     if encode and frozen_part is None:
@@ -218,6 +225,7 @@ def build_cache(model: nn.Module, method: TuningMethod, data: TrainingSlices, au
                                   default=0) < 256 else torch.int64
     done = 0
     for first in range(0, count, batch_size):
+        encodes_here = (first // batch_size) % rank.world_size == rank.rank
         positions = list(range(first, min(first + batch_size, count)))
         plain_images, plain_labels = data.batch(positions)
         if labels_store is None:
@@ -237,18 +245,20 @@ def build_cache(model: nn.Module, method: TuningMethod, data: TrainingSlices, au
                 if images_store.shape[1] == 1 and not _channels_equal(images):
                     images_store = images_store.expand(-1, 3, -1, -1).clone()
                 images_store.index_copy_(0, entries, images[:, :images_store.shape[1]].to(image_dtype))
-            if frozen_part is not None:
+            if frozen_part is not None and encodes_here:
                 with torch.inference_mode(), autocast or contextlib.nullcontext():
                     output = frozen_part(model.normalize(images.to(device)))  # type: ignore[operator]
                 # Copied (index_copy_) out of inference mode into an ordinary tensor training may read.
                 output = output.to(device="cpu", dtype=storage)
                 if frozen is None:
-                    frozen = torch.empty((count * views, *output.shape[1:]), dtype=storage)
+                    frozen = torch.zeros((count * views, *output.shape[1:]), dtype=storage)
                 frozen.index_copy_(0, entries, output)
             done += len(positions)
             if progress is not None:
                 progress(done, count * views)
     assert labels_store is not None  # TrainingSlices is never empty
+    if frozen_part is not None and rank.distributed:
+        frozen = _share_encoded(frozen, count * views, storage)
     name = frozen_module_name(model, method) if encode else ""
     return EmbeddingCache(count, views, frozen, images_store, labels_store, dtype, name,
                           time.perf_counter() - started)
@@ -271,6 +281,19 @@ def view_schedule(count: int, views: int, seed: int, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([seed, cycle, 0xCAC4E])
         _SCHEDULES[key] = rng.permuted(np.tile(np.arange(views), (count, 1)), axis=1)
     return _SCHEDULES[key][:, turn]
+
+
+def _share_encoded(frozen: torch.Tensor | None, entries: int, storage: torch.dtype) -> torch.Tensor:
+    """Every rank's encoded entries in every rank's cache: a sum of the ranks' tensors, zero where
+    a rank did not encode, summed as integers of the same width (exact in any float dtype, and gloo
+    need not support bf16)."""
+    shapes = [shape for shape in distributed.gather_objects(None if frozen is None else tuple(frozen.shape))
+              if shape is not None]
+    if frozen is None:  # this rank had no batch to encode (fewer batches than ranks)
+        frozen = torch.zeros(shapes[0], dtype=storage)
+    as_integers = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[frozen.element_size()]
+    distributed.cpu_all_reduce_(frozen.view(as_integers))
+    return frozen
 
 
 def _channels_equal(images: torch.Tensor) -> bool:

@@ -3,6 +3,11 @@
 Order matters for the user: every check that can fail on bad input (options, device, dataset
 layout, shots, labels, the checkpoint's kind) runs before the long work (reading every case,
 building the model, training).
+
+Under ``torchrun`` every rank runs this function: each checks the options and reads the cases
+(they all need every slice: each step's global batch is drawn from all of them), rank 0 alone
+creates the run folder and writes config, checkpoints, trained weights and report, and the
+others show nothing (see :mod:`medsaga.distributed` and :mod:`medsaga.train.loop`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from medsaga import __version__
+from medsaga import __version__, distributed
 from medsaga.data.dataset import Dataset, discover_dataset
 from medsaga.data.slices import MODES
 from medsaga.data.slicing import check_plane
@@ -125,9 +130,29 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False) -> FinetuneOutcome:
-    """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
-    # --- checks that need no heavy work ---------------------------------------------------------
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What :func:`check_inputs` resolved: the options with their weights and size filled in, and
+    everything the run needs that could fail on bad input."""
+
+    options: FinetuneOptions
+    device: torch.device
+    precision: str
+    gpu_memory: int | None
+    profile: MemoryProfile
+    method: TuningMethod
+    dataset: Dataset
+    mapping: LabelMapping
+    split: CaseSplit
+
+
+def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: int = 1) -> CheckedInputs:
+    """Every check on the options, the dataset, the shots and the run folder that needs no heavy
+    work (no case read, no model built); an :class:`InputError` for the first that fails.
+
+    ``world_size``: the processes that will share each global batch (``medsaga finetune --nproc``
+    calls this before it launches them, so bad input stops with one line, not N tracebacks).
+    """
     if options.image_size is not None:
         check_image_size(options.image_size)
     check_plane(options.plane)
@@ -143,7 +168,10 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
             raise InputError(f"{name} must be at least 1, got {count}")
     if options.attention not in ATTENTIONS:
         raise InputError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {options.attention!r}")
-    device = resolve_device(options.device)
+    if options.batch_size % world_size:
+        raise InputError(f"--batch-size {options.batch_size} is the global batch and must be divisible by the "
+                         f"{world_size} processes")
+    device = distributed.device_for(distributed.current(), resolve_device(options.device))
     precision = resolve_precision(options.precision, device)
     gpu_memory = gpu_memory_bytes(options.gpu_memory)
     profile = resolve_memory_profile(options.method, options.method_options, speed=options.speed,
@@ -159,9 +187,22 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     mapping = label_mapping(dataset)
     split = choose_cases(dataset, options.shots, options.seed, cases=options.cases, val=options.val)
     options = _resolve_weights(options)
-    model_type = options.model
     if not resume:
         _check_run_dir(options.out, options.force, dataset)
+    return CheckedInputs(options, device, precision, gpu_memory, profile, method, dataset, mapping, split)
+
+
+def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False) -> FinetuneOutcome:
+    """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
+    rank = distributed.init_from_environment(options.device)
+    if not rank.is_main:
+        reporter = _QuietReporter()
+    # --- checks that need no heavy work ---------------------------------------------------------
+    checked = check_inputs(options, resume=resume, world_size=rank.world_size)
+    options, device, precision, gpu_memory = checked.options, checked.device, checked.precision, checked.gpu_memory
+    profile, method, dataset, mapping, split = (checked.profile, checked.method, checked.dataset, checked.mapping,
+                                                checked.split)
+    model_type = options.model
 
     # --- the model (reads the checkpoint: a clear error if it is the wrong kind) ---------------
     if device.type == "cpu" and malloc_wanted(backbone_for_model(model_type or "vit_b").tune_cpu_malloc):
@@ -173,7 +214,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     base_parameters = count_parameters(model)[1]
     method.prepare(model)
     memory_plan = None
-    if gpu_memory is not None or device.type == "cuda":
+    if rank.is_main and (gpu_memory is not None or device.type == "cuda"):
         memory_plan = _plan_own_run(options, profile, model_type, mapping.num_classes, device, precision, gpu_memory,
                                     reporter)
 
@@ -205,8 +246,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     elif checkpoint_info is not None and checkpoint_info.get("packaged"):
         reporter.info(f"model {model_type} from {checkpoint_info['packaged']} ({Path(checkpoint_info['path']).name}, "
                       f"SHA-256 verified)")
-    if not resume:
+    if not resume and rank.is_main:
         _prepare_run_dir(options.out)
+    distributed.barrier()  # the run folder exists (and a resumed one is untouched) before any rank goes on
 
     slices_per_step = options.batch_size * options.grad_accum
     steps = options.steps if options.steps is not None else math.ceil(
@@ -239,7 +281,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     memory_profile = {"profile": profile.name, "applied": list(profile.applied), "notes": list(profile.notes)}
     config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
                      checkpoint_info, device, len(data), cache, memory_profile)
-    if not resume:
+    if not resume and rank.is_main:
         _write_json(options.out / CONFIG_FILE, config)
     reporter.info(f"{len(data)} training slices, {steps} steps of {slices_per_step} slices "
                   f"({steps * slices_per_step / len(data):.1f} epochs), {method.name}, lr {lr:g}"
@@ -269,12 +311,15 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     result = train(model, method, data, loop, options.out, reporter, Augmenter(augment, options.seed),
                    device=device, resume=resume, validator=validator)
     result.total_parameters = base_parameters
-    save_trained(method, model.cpu(), options.out)
+    if rank.is_main:
+        save_trained(method, model.cpu(), options.out)
     report = {"medsaga_version": __version__, "method": method.name, "device": str(device),
               "precision": precision, "model_type": model_type, "image_size": options.image_size,
               "cache_embeddings": bool(cache_views), "memory_profile": memory_profile, "memory_plan": memory_plan,
               "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json()}
-    _write_json(options.out / REPORT_FILE, report)
+    if rank.is_main:
+        _write_json(options.out / REPORT_FILE, report)
+    distributed.barrier()  # no rank returns (and, in a test, reads the folder) before rank 0 wrote it
     return FinetuneOutcome(options.out, method, split, result, report)
 
 
@@ -287,7 +332,8 @@ def _plan_own_run(options: FinetuneOptions, profile: MemoryProfile, model_type: 
     config = config_of(options.method, profile, precision=precision, cache_allowed=options.cache_embeddings != "off")
     sizes = default_profiled_sizes(model_type)
     fitted, _ = fit_config(config, model_type=model_type, num_classes=num_classes, sizes=sizes, device=device)
-    prediction = fitted.predict(options.image_size, options.batch_size)
+    # Each GPU holds its share of the global batch.
+    prediction = fitted.predict(options.image_size, options.batch_size // distributed.current().world_size)
     gib = 2**30
     text = (f"predicted GPU peak {prediction.peak_bytes / gib:.2f} GiB at batch {options.batch_size}, "
             f"{options.image_size} px (weights {prediction.model_bytes / gib:.2f}, optimizer "
@@ -299,12 +345,31 @@ def _plan_own_run(options: FinetuneOptions, profile: MemoryProfile, model_type: 
         largest = fitted.largest_batch(options.image_size, gpu_memory)
         plan.update(fits=prediction.peak_bytes <= gpu_memory, largest_batch=largest)
         if not plan["fits"]:
-            advice = (f"--batch-size {largest} fits" if largest else "not even batch 1 fits: a smaller --image-size, "
+            advice = (f"--batch-size {largest * distributed.current().world_size} fits" if largest else "not even batch 1 fits: a smaller --image-size, "
                       "or another method (medsaga plan compares them)")
             raise InputError(f"--gpu-memory {options.gpu_memory}: {text} does not fit; {advice}")
         text += f"; fits in {options.gpu_memory} (largest batch {largest})"
     reporter.info(f"memory plan: {text}, from steps profiled at {', '.join(map(str, sizes))} px")
     return plan
+
+
+class _QuietReporter:
+    """What a rank other than 0 shows: nothing (rank 0 speaks for the job)."""
+
+    def info(self, message: str) -> None:
+        pass
+
+    def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
+        pass
+
+    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
+        pass
+
+    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
+        pass
+
+    def on_validation(self, epoch: int, mean_dice: float) -> None:
+        pass
 
 
 def default_learning_rate(method: TuningMethod, model: Any) -> float:

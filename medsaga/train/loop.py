@@ -10,6 +10,14 @@ With ``cache_views`` set (methods with a cacheable frozen encoder part), the loo
 frozen part's output on each), then every step trains on cached (slice, view) pairs chosen from
 (seed, step) and asks the method to finish the forward pass from the cached output. The build is
 timed apart from the steps (see :mod:`medsaga.train.embedding_cache`).
+
+Under ``torchrun`` (:mod:`medsaga.distributed`) every rank runs this same loop on its contiguous
+share of each global batch (``batch_size`` is the global batch): DistributedDataParallel averages
+the gradients, the loss's batch-wide sums and BatchNorm statistics span all ranks, and each sample
+is augmented as its global position says, so N processes compute the single-process run (to
+float rounding of the reordered sums). Layer-wise GaLore updates inside backward, before DDP could
+reduce anything: there the optimizer averages each gradient over the ranks in its hook instead.
+Only rank 0 writes the metrics and checkpoints, and only rank 0 validates.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsaga import distributed
 from medsaga.losses import segmentation_loss
 from medsaga.methods.base import TuningMethod, count_parameters, image_encoder
 from medsaga.model.activation_checkpointing import checkpoint_encoder_blocks
@@ -132,6 +142,8 @@ class TrainResult:
     embedding_cache: dict[str, Any] | None = None
     # The most tensor bytes alive at once above the model (StepTensorPeak.describe() on a CPU).
     tensor_peak: dict[str, Any] | None = None
+    # Under torchrun: world size, backend, and each rank's peak memory and tensor peak; else None.
+    distributed: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -158,22 +170,33 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
         raise ValueError(f"cache_views must be 0 (no cache) or more, got {settings.cache_views}")
     if settings.cache_views and not method.encoder_cacheable:
         raise ValueError(f"method {method.name!r} has no cacheable frozen encoder part (cache_views must be 0)")
+    rank = distributed.current()
+    if settings.batch_size % rank.world_size:
+        raise ValueError(f"batch_size {settings.batch_size} (the global batch) is not divisible by the "
+                         f"{rank.world_size} processes")
     # Before checkpointing, so a checkpointed block recomputes the fast forward (either order works:
     # speed_up_encoder re-wraps checkpointed blocks) and before the cache, which it also speeds up.
     if settings.fast_attention:
         speed_up_encoder(image_encoder(model))
     if settings.activation_checkpointing and not method.encoder_frozen:
         checkpoint_encoder_blocks(image_encoder(model))
+    if rank.distributed:
+        distributed.sync_batch_norms(model)
     model.to(device)
     optimizer = method.build_optimizer(model, settings.lr, settings.weight_decay, decoder_lr=settings.decoder_lr)
-    if getattr(optimizer, "layerwise", False):
+    layerwise = bool(getattr(optimizer, "layerwise", False))
+    if layerwise:
         check_layerwise_compatible(settings.grad_accum, None, None)
+    forward = _TrainingForward(model, method)
+    if rank.distributed:
+        forward = _distribute(forward, optimizer, layerwise, device)
     scheduler = warmup_poly_lr(optimizer, settings.steps, settings.warmup_steps)
     first_step = 0
     metrics_path = run_dir / METRICS_FILE
     if resume:
         first_step = load_training_state(run_dir, method=method, model=model, optimizer=optimizer, scheduler=scheduler)
-        _truncate_metrics(metrics_path, first_step)
+        if rank.is_main:
+            _truncate_metrics(metrics_path, first_step)
 
     slices_per_step = settings.batch_size * settings.grad_accum
     steps_per_epoch = len(data) / slices_per_step
@@ -196,7 +219,8 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     model.train()
     started = time.perf_counter()
     loss_value = math.nan
-    with open(metrics_path, "a", encoding="utf-8") as metrics:
+    writes = rank.is_main and save_state  # only rank 0 writes the run folder
+    with (open(metrics_path, "a", encoding="utf-8") if rank.is_main else open(os.devnull, "w")) as metrics:
         for step in range(first_step, settings.steps):
             step_started = time.perf_counter()
             torch.manual_seed(_mix(settings.seed, step))  # noise inside methods (Conv-LoRA's gate)
@@ -207,7 +231,7 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
             if step == profiled_step and device.type != "cuda":  # on CUDA the peak is tensor bytes already
                 meter = StepTensorPeak(optimizer_state_bytes(optimizer) + (cache.nbytes if cache else 0))
             with meter or contextlib.nullcontext():
-                loss_total = _step(model, method, data, settings, optimizer, augmenter, cache, autocast,
+                loss_total = _step(forward, model, method, data, settings, optimizer, augmenter, cache, autocast,
                                    activations, device, parameter_dtype, step)
             if meter is not None:
                 tensor_peak = meter.describe(step + 1)
@@ -219,18 +243,18 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
                                       "seconds": round(elapsed, 4)}) + "\n")
             observer.on_step(step + 1, loss_value, lr, slices_per_step / max(elapsed, 1e-9))
             epoch_done = math.floor((step + 1) / steps_per_epoch) > math.floor(step / steps_per_epoch)
-            if validator is not None and (epoch_done or step + 1 == settings.steps):
+            if validator is not None and rank.is_main and (epoch_done or step + 1 == settings.steps):
                 dice = validator(model)
                 validation.append(dice)
                 observer.on_validation(len(validation), dice)
                 model.train()
-            if save_state and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 \
+            if writes and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 \
                     and step + 1 < settings.steps:
                 metrics.flush()
                 save_training_state(run_dir, step=step + 1, method=method, model=model, optimizer=optimizer,
                                     scheduler=scheduler)
     wall = time.perf_counter() - started
-    if save_state:
+    if writes:
         save_training_state(run_dir, step=settings.steps, method=method, model=model, optimizer=optimizer,
                             scheduler=scheduler)
     gradients.remove()
@@ -247,22 +271,65 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     if device.type == "cuda":  # max_memory_allocated counts tensor bytes already
         tensor_peak = {"kind": "cuda max_memory_allocated", "bytes": peak_memory["peak_above_baseline_bytes"],
                        "measured": True}
+    per_rank = None
+    if rank.distributed:
+        per_rank = {**rank.to_json(), "ranks": distributed.gather_objects(
+            {"rank": rank.rank, "peak_memory": peak_memory, "tensor_peak": tensor_peak})}
     return TrainResult(settings.steps, first_step, slices, wall, slices / max(wall, 1e-9), loss_value, trainable,
-                       total, memory, peak_memory, validation, cache_report, tensor_peak)
+                       total, memory, peak_memory, validation, cache_report, tensor_peak, per_rank)
 
 
-def _step(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings: LoopSettings,
+class _TrainingForward(nn.Module):
+    """Images or cached frozen outputs → logits ``(b, C+1, S/4, S/4)``: the one forward DDP wraps
+    (DDP reduces gradients only of what runs through its own ``forward``)."""
+
+    def __init__(self, model: nn.Module, method: TuningMethod) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, images: torch.Tensor | None, cached_output: torch.Tensor | None) -> torch.Tensor:
+        if cached_output is not None:
+            return self.method.forward_from_frozen(self.model, cached_output, images)
+        assert images is not None
+        return _forward(self.model, self.method, images)
+
+
+def _distribute(forward: _TrainingForward, optimizer: torch.optim.Optimizer, layerwise: bool,
+                device: torch.device) -> nn.Module:
+    """The step's forward under torchrun: DDP, or, for a layer-wise optimizer, the bare forward
+    with each gradient averaged over the ranks inside the optimizer's hook before its update."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if layerwise:
+        # DDP's constructor broadcasts rank 0's weights; without DDP, do the same by hand.
+        with torch.no_grad():
+            for parameter in forward.parameters():
+                torch.distributed.broadcast(parameter.data, src=0)
+        optimizer.reduce_gradient = distributed.average_gradient_  # type: ignore[attr-defined]
+        return forward
+    # broadcast_buffers off: the only buffers training changes are BatchNorm statistics, which
+    # CrossRankBatchNorm2d keeps equal on every rank; find_unused_parameters because a method may
+    # leave trainable parts out of a step (the prompt encoder's unused embeddings, Conv-LoRA's experts).
+    return DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False, find_unused_parameters=True)
+
+
+def _step(forward: nn.Module, model: nn.Module, method: TuningMethod, data: TrainingSlices, settings: LoopSettings,
           optimizer: torch.optim.Optimizer, augmenter: Augmenter, cache: EmbeddingCache | None,
           autocast: contextlib.AbstractContextManager[Any], activations: SavedActivationMeter,
           device: torch.device, parameter_dtype: torch.dtype, step: int) -> float:
-    """One optimizer step (``grad_accum`` forward/backward passes, then ``optimizer.step()``); its mean loss."""
+    """One optimizer step (``grad_accum`` forward/backward passes, then ``optimizer.step()``); its mean loss
+    (over all ranks: the single-process loss of the global batch)."""
+    rank = distributed.current()
+    share = rank.shard(settings.batch_size)
     loss_total = 0.0
     for micro in range(settings.grad_accum):
-        samples = _samples(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)
+        samples = _samples(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)[share]
         cached_output: torch.Tensor | None = None
         if cache is None:
             images, labels = augmenter(*data.batch([position for _, position in samples]),
-                                       step=step * settings.grad_accum + micro)
+                                       step=step * settings.grad_accum + micro, first_position=share.start)
         else:
             cached_output, images, labels = cache.batch(
                 [(position, int(view_schedule(len(data), cache.views, settings.seed, epoch)[position]))
@@ -270,20 +337,20 @@ def _step(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
             cached_output = cached_output.to(device=device, dtype=parameter_dtype) if cached_output is not None else None
         images = images.to(device) if images is not None else None
         labels = labels.to(device)
-        with autocast, activations.measure():
-            if cached_output is not None:
-                logits = method.forward_from_frozen(model, cached_output, images)
-            else:
-                assert images is not None
-                logits = _forward(model, method, images)
-            loss = segmentation_loss(logits, labels)
-            auxiliary = method.auxiliary_loss(model)
-            if auxiliary is not None:
-                loss = loss + auxiliary
-        (loss / settings.grad_accum).backward()
+        # DDP reduces gradients on the last micro-batch only (it sums into .grad until then).
+        last = micro == settings.grad_accum - 1
+        sync = forward.no_sync() if hasattr(forward, "no_sync") and not last else contextlib.nullcontext()
+        with sync:
+            with autocast, activations.measure():
+                logits = forward(images, cached_output)
+                loss = segmentation_loss(logits, labels)
+                auxiliary = method.auxiliary_loss(model)
+                if auxiliary is not None:
+                    loss = loss + auxiliary
+            (loss / settings.grad_accum).backward()
         loss_total += loss.item() / settings.grad_accum
     optimizer.step()
-    return loss_total
+    return distributed.mean_over_ranks(loss_total)
 
 
 def _forward(model: nn.Module, method: TuningMethod, images: torch.Tensor) -> torch.Tensor:

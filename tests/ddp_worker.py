@@ -1,0 +1,57 @@
+"""Runs fine-tunings under torchrun for tests/test_distributed.py (one process per rank).
+
+    torchrun --nproc-per-node 2 tests/ddp_worker.py JOBS.json
+
+JOBS.json: ``[{"options": {FinetuneOptions fields}, "kill_at": step or null}, ...]``, run in order in
+one process group. ``kill_at``: rank 0 kills itself with SIGKILL when the loop reports that step
+(a crash, as a power cut or an OOM kill would be); torchrun then stops the other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from medsaga import distributed  # noqa: E402
+from medsaga.train.finetune import FinetuneOptions, finetune  # noqa: E402
+
+
+class _Reporter:
+    def __init__(self, kill_at: int | None) -> None:
+        self.kill_at = kill_at
+
+    def info(self, message: str) -> None:
+        pass
+
+    def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
+        pass
+
+    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
+        pass
+
+    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
+        if self.kill_at is not None and step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_validation(self, epoch: int, mean_dice: float) -> None:
+        pass
+
+
+def main() -> None:
+    jobs = json.loads(Path(sys.argv[1]).read_text())
+    for job in jobs:
+        options = dict(job["options"])
+        options["data_dir"], options["out"] = Path(options["data_dir"]), Path(options["out"])
+        options["cases"] = tuple(options.get("cases", ()))
+        finetune(FinetuneOptions(**options), _Reporter(job.get("kill_at")))
+    distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()
