@@ -39,6 +39,9 @@ def predict(
     series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to read where a DICOM folder "
                                                              "holds several series."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs (inputs are never replaced)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep the cases whose outputs are all in OUT "
+                                                                      "and predict the rest: rerun an interrupted "
+                                                                      "cohort with it to resume."),
 ) -> None:
     """Segment volumes with a fine-tuned run.
 
@@ -46,19 +49,34 @@ def predict(
     grid. Outputs in OUT, per case (CASE = file name without ending and _0000 channel suffix, or the
     DICOM folder's name): CASE.nii.gz (label values of the training dataset; a NIfTI input's header
     is kept), plus CASE.nrrd for NRRD/MHA input, plus CASE.seg.dcm (DICOM-SEG) for a DICOM series.
-    Ends with a table of slices and seconds per volume.
+    Ends with a table of slices and seconds per volume. A case that fails is reported in one line
+    and the others go on; the exit status is then 2.
+
+    A cohort on several GPUs (or CPU processes): torchrun --nproc-per-node N -m medsaga predict ...
+    splits the cases between the processes (one model each); rank 0 prints the table.
     """
     from medsaga.predict.pipeline import PredictOptions, predict as run_predict
 
     options = PredictOptions(run_dir=run_dir, inputs=tuple(inputs), out=out, batch_size=batch_size, device=device,
                              precision=precision, checkpoint=checkpoint, largest_component=largest_component,
-                             probabilities=probabilities, seg_type=seg_type.lower(), series_uid=series, force=force)
+                             probabilities=probabilities, seg_type=seg_type.lower(), series_uid=series, force=force,
+                             skip_existing=skip_existing)
     reporter = _Reporter()
     try:
         outcome = run_predict(options, reporter)
     finally:
         reporter.close()
-    _print_table(outcome.results, out)
+    from medsaga import distributed
+
+    if not distributed.current().is_main:
+        return
+    _print_table(outcome.results, out, outcome.world_size)
+    if outcome.failures:
+        for failure in outcome.failures:
+            print(f"error: {failure.path}: case {failure.case_id} failed: {failure.reason}", file=sys.stderr)
+        print(f"error: {len(outcome.failures)} of {len(outcome.failures) + len(outcome.results)} case(s) failed; "
+              "the others are written (rerun with --skip-existing to predict only what is missing)", file=sys.stderr)
+        raise typer.Exit(2)
 
 
 class _Reporter:
@@ -107,23 +125,24 @@ class _Reporter:
             self.progress.stop()
 
 
-def _print_table(results: list[CaseResult], out: Path) -> None:
+def _print_table(results: list[CaseResult], out: Path, world_size: int = 1) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"medsaga predict: {len(results)} volume{'s' if len(results) != 1 else ''} → {out}",
                   caption="inference: slicing, model and un-slicing; total adds reading and writing")
-    for name, justify in (("volume", "left"), ("shape", "left"), ("slices", "right"), ("inference s", "right"),
-                          ("slices/s", "right"), ("total s", "right")):
+    columns = [("volume", "left"), ("shape", "left"), ("slices", "right"), ("inference s", "right"),
+               ("slices/s", "right"), ("total s", "right")] + ([("rank", "right")] if world_size > 1 else [])
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for result in results:
         table.add_row(result.case_id, "×".join(map(str, result.shape)), str(result.slices),
                       f"{result.inference_seconds:.2f}", f"{result.slices_per_second:.1f}",
-                      f"{result.total_seconds:.2f}")
+                      f"{result.total_seconds:.2f}", *([str(result.rank)] if world_size > 1 else []))
     slices = sum(r.slices for r in results)
     inference = sum(r.inference_seconds for r in results)
     table.add_section()
     table.add_row("total", "", str(slices), f"{inference:.2f}",
                   f"{slices / inference:.1f}" if inference > 0 else "-",
-                  f"{sum(r.total_seconds for r in results):.2f}", style="bold")
+                  f"{sum(r.total_seconds for r in results):.2f}", *([""] if world_size > 1 else []), style="bold")
     Console(width=None if sys.stdout.isatty() else 120).print(table)

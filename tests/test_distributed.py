@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -143,3 +144,44 @@ def test_two_nodes_on_loopback_train_as_one_job(ddp_runs: Path, tmp_path: Path) 
     assert all(node.returncode == 0 for node in nodes), outputs
     _assert_same_run(ddp_runs / "lora", tmp_path / "run", exact=False)
     assert json.loads((tmp_path / "run" / "report.json").read_text())["distributed"]["world_size"] == 2
+
+
+def _labels(folder: Path) -> dict[str, Any]:
+    import nibabel as nib
+
+    return {path.name: np.asarray(nib.load(path).dataobj) for path in sorted(folder.glob("*.nii.gz"))}
+
+
+def test_cohort_prediction_writes_each_case_once_and_equals_single_process(ddp_runs: Path, tmp_path: Path) -> None:
+    from medsaga.predict.pipeline import PredictOptions, predict
+    from tests.test_predict import Quiet
+
+    images = sorted((ROOT / "sample_data" / "imagesTr").glob("phantom_00[1-5]_0000.nii.gz"))
+    broken = tmp_path / "inputs" / "broken_0000.nii.gz"  # a cohort has its corrupt file
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a NIfTI file")
+    inputs = [*map(str, images), str(broken)]
+    run = ddp_runs / "lora"
+    single = predict(PredictOptions(run_dir=run, inputs=tuple(map(Path, inputs)), out=tmp_path / "single",
+                                    device="cpu"), Quiet())
+    assert [f.case_id for f in single.failures] == ["broken"] and len(single.results) == 5
+
+    cohort = tmp_path / "cohort"
+    options = {"run_dir": str(run), "inputs": inputs, "out": str(cohort), "device": "cpu"}
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    torchrun(str(WORKER), _jobs(tmp_path / "jobs.json", [
+        {"predict": options, "outcome": str(first)},
+        # An interrupted cohort: phantom_004's output is gone; the rerun predicts only what is missing.
+        {"predict": {**options, "skip_existing": True}, "delete": [str(cohort / "phantom_004.nii.gz")],
+         "outcome": str(second)}]))
+    outcome = json.loads(first.read_text())
+    cases = [case for case, _ in outcome["results"]]
+    assert sorted(cases) == sorted(set(cases)) == [f"phantom_00{n}" for n in range(1, 6)]  # each written once
+    assert {rank for _, rank in outcome["results"]} == {0, 1} and outcome["world_size"] == 2
+    assert [case for case, _ in outcome["failures"]] == ["broken"]  # reported; the others went on
+    resumed = json.loads(second.read_text())
+    assert [case for case, _ in resumed["results"]] == ["phantom_004"]
+    assert sorted(resumed["skipped"]) == ["phantom_001", "phantom_002", "phantom_003", "phantom_005"]
+    expected, actual = _labels(tmp_path / "single"), _labels(cohort)
+    assert expected.keys() == actual.keys() and len(actual) == 5
+    assert all(np.array_equal(expected[name], actual[name]) for name in expected)

@@ -222,6 +222,30 @@ def test_layerwise_mode_gives_the_same_weights_and_frees_each_gradient() -> None
     assert all(p.grad is not None for p in params)  # back to the normal mode
 
 
+def test_loading_a_state_keeps_layerwise_mode_and_the_gradient_reducer() -> None:
+    """Resume loads the optimizer state; the optimizer must stay layer-wise, hooked, and (under
+    torchrun) keep averaging each gradient over the ranks: before the fix the reducer was dropped
+    and two DDP ranks drifted apart after a resume."""
+    model = tiny_mlp(0)
+    optimizer = make_optimizer(model, gap=3, layerwise=True)
+    seen: list[torch.Size] = []
+    optimizer.reduce_gradient = lambda grad: seen.append(grad.shape)
+    backward(model, 0)
+    state = optimizer.state_dict()
+    resumed_model = tiny_mlp(0)
+    resumed = make_optimizer(resumed_model, gap=3, layerwise=True)
+    resumed.reduce_gradient = optimizer.reduce_gradient
+    resumed.load_state_dict(state)
+    assert resumed.layerwise and resumed.reduce_gradient is optimizer.reduce_gradient
+    count = len(seen)
+    backward(resumed_model, 1)
+    assert len(seen) == count + len(list(resumed_model.parameters()))  # every gradient went through it
+    assert all(p.grad is None for p in resumed_model.parameters())  # and was consumed by its hook
+    resumed.remove_layerwise_hooks()  # the handles survived the load
+    backward(resumed_model, 2)
+    assert all(p.grad is not None for p in resumed_model.parameters())
+
+
 def test_layerwise_refuses_loops_that_need_all_gradients() -> None:
     check_layerwise_compatible(grad_accum_steps=1)
     with pytest.raises(ValueError, match="gradient accumulation over 4"):

@@ -47,12 +47,15 @@ class CaseOutputs:
 
 
 def plan_outputs(cases: Sequence[PredictCase], out: str | Path, *, probabilities: bool = False,
-                 force: bool = False) -> dict[str, CaseOutputs]:
+                 force: bool = False, skip_existing: bool = False) -> dict[str, CaseOutputs]:
     """The outputs of every case, by case id, after checking that writing them is allowed.
+
+    ``skip_existing``: existing outputs are allowed (a case with all of them is skipped by the
+    caller, :func:`is_complete`; one with only some, interrupted between two files, is redone).
 
     Raises:
         InputError: OUT is a file or one of the input folders; an output would replace an input
-            (never allowed); an output exists and ``force`` is False.
+            (never allowed); an output exists and neither ``force`` nor ``skip_existing`` is set.
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -75,12 +78,18 @@ def plan_outputs(cases: Sequence[PredictCase], out: str | Path, *, probabilities
                 if same_path(image, path):
                     raise InputError(f"would be overwritten by the prediction of case {case.case_id}; refusing to "
                                      "replace an input, choose another --out", image)
-            if path.exists() and not force:
-                raise InputError("already exists; pass --force to replace it", path)
+            if path.exists() and not (force or skip_existing):
+                raise InputError("already exists; pass --force to replace it, or --skip-existing to keep it and "
+                                 "predict only the cases not yet written", path)
             if path.is_dir():
                 raise InputError("is a folder where an output file must go", path)
         plans[case.case_id] = plan
     return plans
+
+
+def is_complete(plan: CaseOutputs) -> bool:
+    """Every output of the case is on disk (each was written atomically: present means whole)."""
+    return all(path.is_file() for path in plan.paths())
 
 
 def write_probabilities(probabilities: np.ndarray, grid: Volume, path: str | Path, *,

@@ -2,9 +2,14 @@
 
 Order matters for the user: everything that can fail on bad input and needs no heavy work comes
 first (options, the run's config.json, the input names and channels, the output paths), then the
-checkpoint hash and the model, then the cases one by one: read, predict, write. A case that cannot
-be read stops the run with its error; the cases before it are complete on disk (every file is
-written atomically).
+checkpoint hash and the model, then the cases one by one: read, predict, write. A case that fails
+(an unreadable file, a grid the run cannot slice) is reported and the others go on; the outcome
+lists the failures. Every file is written atomically, so a case on disk is whole.
+
+Under ``torchrun`` (a cohort: ``torchrun --nproc-per-node N -m medsaga predict ...``) every rank
+builds the model on its own device and predicts every N-th case; rank 0 gathers the results. With
+``skip_existing`` the cases whose outputs are all on disk are skipped: an interrupted cohort run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from medsaga import distributed
 from medsaga.errors import InputError
 from medsaga.io.volume import Volume
 from medsaga.predict.dicom_seg import (SEG_TYPES, Segment, dicom_seg_problem, dicom_seg_substitutions,
                                       write_dicom_seg)
 from medsaga.predict.inputs import PredictCase, find_cases
-from medsaga.predict.outputs import CaseOutputs, plan_outputs, write_probabilities
+from medsaga.predict.outputs import CaseOutputs, is_complete, plan_outputs, write_probabilities
 from medsaga.predict.run import RunConfig, TrainedRun, load_model, read_run_config, verify_checkpoint
 
 if TYPE_CHECKING:
@@ -46,6 +52,7 @@ class PredictOptions:
     seg_type: str = "binary"
     series_uid: str | None = None
     force: bool = False
+    skip_existing: bool = False
 
 
 class PredictReporter(Protocol):
@@ -74,6 +81,7 @@ class CaseResult:
     write_seconds: float
     outputs: list[Path] = field(default_factory=list)
     label_voxels: dict[int, int] = field(default_factory=dict)  # dataset label value → voxels
+    rank: int = 0  # the process that predicted it (torchrun)
 
     @property
     def total_seconds(self) -> float:
@@ -85,10 +93,33 @@ class CaseResult:
         return self.slices / self.inference_seconds if self.inference_seconds > 0 else float("inf")
 
 
+@dataclass(frozen=True)
+class CaseFailure:
+    """A case that could not be predicted: its first input and the one-line reason."""
+
+    case_id: str
+    path: Path
+    reason: str
+    rank: int = 0
+
+
 @dataclass
 class PredictOutcome:
+    """What a prediction did, over every rank (rank 0's view; another rank's holds its own cases).
+
+    Attributes:
+        run: the run as this process loaded it.
+        results: the cases predicted and written, in input order.
+        skipped: case ids whose outputs were all on disk already (``skip_existing``).
+        failures: the cases that failed, in input order.
+        world_size: processes that shared the cases.
+    """
+
     run: TrainedRun
     results: list[CaseResult]
+    skipped: list[str] = field(default_factory=list)
+    failures: list[CaseFailure] = field(default_factory=list)
+    world_size: int = 1
 
 
 def predict(options: PredictOptions, reporter: PredictReporter) -> PredictOutcome:
@@ -98,28 +129,83 @@ def predict(options: PredictOptions, reporter: PredictReporter) -> PredictOutcom
         raise InputError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.seg_type not in SEG_TYPES:
         raise InputError(f"--seg-type must be one of {', '.join(SEG_TYPES)}, got {options.seg_type!r}")
+    if options.force and options.skip_existing:
+        raise InputError("--force replaces existing outputs, --skip-existing keeps them: give one")
     config = read_run_config(options.run_dir)
     cases = find_cases(options.inputs, config.channel_names)
-    plans = plan_outputs(cases, options.out, probabilities=options.probabilities, force=options.force)
+    plans = plan_outputs(cases, options.out, probabilities=options.probabilities, force=options.force,
+                         skip_existing=options.skip_existing)
 
     from medsaga.train.finetune import resolve_device, resolve_precision
 
-    device = resolve_device(options.device)
+    rank = distributed.init_from_environment(options.device)
+    if not rank.is_main:
+        reporter = _QuietReporter()
+    device = distributed.device_for(rank, resolve_device(options.device))
     precision = resolve_precision(options.precision, device)
+    skipped = [case.case_id for case in cases if options.skip_existing and is_complete(plans[case.case_id])]
+    todo = [case for case in cases if case.case_id not in skipped]
+    mine = todo[rank.rank::rank.world_size]  # round robin: neighbouring cases of a cohort are alike in size
 
     # --- the model (hashes the base checkpoint first) --------------------------------------------
     checkpoint = verify_checkpoint(config, options.checkpoint)
     run = TrainedRun(config, load_model(config, checkpoint).to(device), device, precision, checkpoint)
     reporter.info(f"run {config.run_dir}: {config.method} on {config.model_type} at {config.image_size} px, "
                   f"{config.num_classes} classes ({', '.join(config.class_names[1:])}), {config.plane} slices; "
-                  f"{device.type}, {precision}")
-    reporter.on_start(cases)
-    results = [_predict_case(run, case, plans[case.case_id], options, reporter) for case in cases]
-    return PredictOutcome(run, results)
+                  f"{device.type}, {precision}"
+                  + (f"; {rank.world_size} processes share {len(todo)} cases" if rank.distributed else ""))
+    if skipped:
+        reporter.info(f"--skip-existing: {len(skipped)} case(s) already written, {len(todo)} to predict")
+    reporter.on_start(mine)
+    results: list[CaseResult] = []
+    failures: list[CaseFailure] = []
+    for case in mine:
+        try:
+            results.append(_predict_case(run, case, plans[case.case_id], options, reporter, rank.rank))
+        except Exception as error:  # noqa: BLE001 -- one bad scan must not stop a cohort
+            failure = _failure(case, error, rank.rank)
+            failures.append(failure)
+            reporter.warning(f"{failure.path}: case {case.case_id} failed: {failure.reason}")
+    order = {case.case_id: index for index, case in enumerate(cases)}
+    results = sorted((r for part in distributed.gather_objects(results) for r in part), key=lambda r: order[r.case_id])
+    failures = sorted((f for part in distributed.gather_objects(failures) for f in part),
+                      key=lambda f: order[f.case_id])
+    return PredictOutcome(run, results, skipped, failures, rank.world_size)
+
+
+def _failure(case: PredictCase, error: Exception, rank: int) -> CaseFailure:
+    """One line for a failed case; the traceback of an unexpected error stays out of the way."""
+    path = case.images[0]
+    if isinstance(error, InputError):
+        path, reason = error.path or path, error.message
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    return CaseFailure(case.case_id, path, reason.splitlines()[0] if reason else type(error).__name__, rank)
+
+
+class _QuietReporter:
+    """What a rank other than 0 shows: its failures only (rank 0 shows the progress and the table)."""
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        import sys
+
+        print(f"warning: {message}", file=sys.stderr)
+
+    def on_start(self, cases: Sequence[PredictCase]) -> None:
+        pass
+
+    def on_slices(self, case: PredictCase, done: int, total: int) -> None:
+        pass
+
+    def on_case_done(self, result: CaseResult) -> None:
+        pass
 
 
 def _predict_case(run: TrainedRun, case: PredictCase, plan: CaseOutputs, options: PredictOptions,
-                  reporter: PredictReporter) -> CaseResult:
+                  reporter: PredictReporter, rank: int = 0) -> CaseResult:
     from medsaga.io import read_volume
     from medsaga.predict.infer import segment_case
     from medsaga.predict.postprocess import keep_largest_component
@@ -141,7 +227,7 @@ def _predict_case(run: TrainedRun, case: PredictCase, plan: CaseOutputs, options
     result = CaseResult(
         case_id=case.case_id, shape=volumes[0].shape, slices=prediction.slices, read_seconds=read_seconds,
         inference_seconds=prediction.seconds, write_seconds=time.perf_counter() - started, outputs=outputs,
-        label_voxels={int(values[c]): int(n) for c, n in enumerate(counts) if n},
+        label_voxels={int(values[c]): int(n) for c, n in enumerate(counts) if n}, rank=rank,
     )
     reporter.on_case_done(result)
     return result
@@ -151,19 +237,21 @@ def _write_outputs(config: RunConfig, case: PredictCase, grid: Volume, classes: 
                    plan: CaseOutputs, options: PredictOptions, reporter: PredictReporter) -> list[Path]:
     from medsaga.io import write_label_map
 
+    # --skip-existing redoes a case found with only some of its files (interrupted between two).
+    replace = options.force or options.skip_existing
     # Class indices → the dataset's label values, in one lookup.
     values = np.asarray(config.class_values)
     labels = classes.with_array(values[classes.array])
-    written = [write_label_map(labels, plan.nifti, overwrite=options.force)]
+    written = [write_label_map(labels, plan.nifti, overwrite=replace)]
     if plan.nrrd is not None:
-        written.append(write_label_map(labels, plan.nrrd, overwrite=options.force))
+        written.append(write_label_map(labels, plan.nrrd, overwrite=replace))
     if plan.seg is not None:
         problem = dicom_seg_problem(grid)
         if problem is None:
             segments = [Segment(c, config.class_names[c], int(config.class_values[c]))
                         for c in range(1, config.num_classes + 1)]
             written.append(write_dicom_seg(
-                classes, grid, segments, plan.seg, segmentation_type=options.seg_type, overwrite=options.force,
+                classes, grid, segments, plan.seg, segmentation_type=options.seg_type, overwrite=replace,
                 algorithm_parameters={"method": config.method, "model": config.model_type,
                                       "image_size": str(config.image_size), "run": str(config.run_dir)},
                 device_serial_number=_run_fingerprint(config),
@@ -178,7 +266,7 @@ def _write_outputs(config: RunConfig, case: PredictCase, grid: Volume, classes: 
         names = ",".join(config.class_names)
         written.append(write_probabilities(prediction.probabilities, grid, plan.probabilities,
                                            description=f"medsaga p(class) 0..{config.num_classes}: {names}",
-                                           overwrite=options.force))
+                                           overwrite=replace))
     return written
 
 

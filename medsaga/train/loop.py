@@ -229,7 +229,10 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
             gradients.gradients_freed()
             meter: StepTensorPeak | None = None
             if step == profiled_step and device.type != "cuda":  # on CUDA the peak is tensor bytes already
-                meter = StepTensorPeak(optimizer_state_bytes(optimizer) + (cache.nbytes if cache else 0))
+                # The embedding cache is not counted: it lives in host memory on every device (the
+                # cached rows a step uses are, as the copies it makes of them), so on a GPU it would
+                # not be in max_memory_allocated either; report.json gives its bytes apart.
+                meter = StepTensorPeak(optimizer_state_bytes(optimizer))
             with meter or contextlib.nullcontext():
                 loss_total = _step(forward, model, method, data, settings, optimizer, augmenter, cache, autocast,
                                    activations, device, parameter_dtype, step)
