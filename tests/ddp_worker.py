@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from medsaga import distributed  # noqa: E402
 from medsaga.predict.pipeline import PredictOptions, predict  # noqa: E402
-from medsaga.train.finetune import FinetuneOptions, finetune  # noqa: E402
+from medsaga.train.finetune import FinetuneOptions, SilentReporter, finetune  # noqa: E402
 
 
 class _PredictReporter:
@@ -61,25 +61,13 @@ def _predict(job: dict) -> None:
             "world_size": outcome.world_size}))
 
 
-class _Reporter:
+class _Reporter(SilentReporter):
     def __init__(self, kill_at: int | None) -> None:
         self.kill_at = kill_at
-
-    def info(self, message: str) -> None:
-        pass
-
-    def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
-        pass
-
-    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
-        pass
 
     def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
         if self.kill_at is not None and step == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-
-    def on_validation(self, epoch: int, mean_dice: float) -> None:
-        pass
 
 
 def main() -> None:

@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsaga.methods.base import TuningMethod
 from medsaga import distributed
+from medsaga.methods.base import TuningMethod
 from medsaga.train.augment import Augmenter, view_seed
 from medsaga.train.data import TrainingSlices
 

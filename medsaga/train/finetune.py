@@ -39,7 +39,7 @@ from medsaga.train.embedding_cache import (DEFAULT_VIEWS, available_memory_bytes
                                            check_cache_settings, effective_views, frozen_module_name, use_cache)
 from medsaga.plan.run import gpu_memory_bytes
 from medsaga.train.memory_profile import LEAN, MemoryProfile, resolve_memory_profile
-from medsaga.train.loop import LoopSettings, TrainingObserver, TrainResult, train
+from medsaga.train.loop import LoopSettings, SilentObserver, TrainingObserver, TrainResult, train
 from medsaga.train.shots import CaseSplit, choose_cases
 from medsaga.train.validation import SliceDiceValidator
 
@@ -196,7 +196,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
     rank = distributed.init_from_environment(options.device)
     if not rank.is_main:
-        reporter = _QuietReporter()
+        reporter = SilentReporter()
     # --- checks that need no heavy work ---------------------------------------------------------
     checked = check_inputs(options, resume=resume, world_size=rank.world_size)
     options, device, precision, gpu_memory = checked.options, checked.device, checked.precision, checked.gpu_memory
@@ -353,22 +353,14 @@ def _plan_own_run(options: FinetuneOptions, profile: MemoryProfile, model_type: 
     return plan
 
 
-class _QuietReporter:
-    """What a rank other than 0 shows: nothing (rank 0 speaks for the job)."""
+class SilentReporter(SilentObserver):
+    """A :class:`FinetuneReporter` that shows nothing: what a rank other than 0 shows (rank 0
+    speaks for the job), and a base for reporters that only watch."""
 
     def info(self, message: str) -> None:
         pass
 
     def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
-        pass
-
-    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
-        pass
-
-    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
-        pass
-
-    def on_validation(self, epoch: int, mean_dice: float) -> None:
         pass
 
 
