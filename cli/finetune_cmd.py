@@ -322,6 +322,11 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
         dice = [f"{d:.3f}" for d in report["validation_dice"]]
         shown = dice if len(dice) <= 6 else [dice[0], "…", *dice[-4:]]
         rows.append(("validation mean Dice", " → ".join(shown) + f" ({len(dice)} evaluations)"))
+    job = report.get("distributed")
+    if job:  # torchrun: the throughput above is the job's; each rank's own peak here
+        peaks = ", ".join(f"rank {r['rank']} {r['peak_memory']['peak_above_baseline_bytes'] / 2**20:.1f} MiB"
+                          for r in job["ranks"])
+        rows.append(("processes", f"{job['world_size']} ({job['backend']}); peak memory {peaks}"))
     rows.append(("run folder", str(run_dir)))
     for what, value in rows:
         table.add_row(what, value)

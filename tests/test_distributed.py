@@ -113,6 +113,7 @@ def test_killed_ddp_run_resumes_as_the_uninterrupted_run(ddp_runs: Path) -> None
     assert not (killed / "trained.safetensors").exists()
     result = torchrun("-m", "medsaga", "finetune", "--resume", str(killed))
     assert "step 4/6" in result.stderr and "step 3/6" not in result.stderr  # continued after the step-3 checkpoint
+    assert "2 (gloo); peak memory rank 0" in result.stdout and result.stdout.count("medsaga finetune:") == 1
     _assert_same_run(ddp_runs / "galore-layerwise", killed, exact=True)
 
 
