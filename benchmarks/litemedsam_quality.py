@@ -18,7 +18,10 @@ pool (nested sets), the test cases are the other three. ``--test-slices N`` eval
 central N axial slices of each test case (written once under ``OUT/test``, with their exact
 geometry) instead of the whole volume: on a 2-core CPU predicting three whole MALF volumes costs
 about 4 minutes per run. A run whose evaluation exists is not repeated (``--redo`` repeats it),
-so an interrupted benchmark continues where it stopped.
+so an interrupted benchmark continues where it stopped. Each finished run also leaves its record
+(a few hundred bytes of JSON) in ``--records`` (default ``benchmarks/results/litemedsam_quality``,
+committed with the project): a run with a record is not repeated either, so the table, whose 42
+runs take longer than one working session on a 2-core CPU, is completed across machines.
 
 Usage (the README's table)::
 
@@ -56,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-slices", type=int, default=0, help="central axial slices per test case (0: all)")
-    parser.add_argument("--redo", action="store_true", help="repeat runs that already have an evaluation")
+    parser.add_argument("--records", type=Path, default=ROOT / "benchmarks" / "results" / "litemedsam_quality",
+                        help="one JSON record per finished run, kept across machines")
+    parser.add_argument("--redo", action="store_true", help="repeat runs that already have an evaluation or record")
     parser.add_argument("--table-only", action="store_true", help="only collect what exists into the table")
     args = parser.parse_args(argv)
 
@@ -67,15 +72,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the training pool and the test cases must be disjoint, and K at most the pool's size")
     args.out.mkdir(parents=True, exist_ok=True)
     images, labels = _test_set(args.data, test, args.test_slices, args.out / "test")
+    args.records.mkdir(parents=True, exist_ok=True)
     records = []
     for init in args.inits.split(","):
         for k in shots:
             for method in args.methods.split(","):
                 run = args.out / init / f"k{k}" / method
-                if not args.table_only and (args.redo or not (run / "evaluation" / "metrics.json").is_file()):
+                kept = args.records / f"{init}-k{k}-{method}.json"
+                finished = (run / "evaluation" / "metrics.json").is_file() or kept.is_file()
+                if not args.table_only and (args.redo or not finished):
                     _run(args, init, pool[:k], method, run, images, labels)
                 if (run / "evaluation" / "metrics.json").is_file():
-                    records.append(_record(init, k, method, run))
+                    record = _record(init, k, method, run)
+                    kept.write_text(json.dumps({**record, "settings": _settings(args), "measured": _machine()}, indent=2) + "\n",
+                                    encoding="utf-8")
+                    records.append(record)
+                elif kept.is_file():
+                    records.append(_kept_record(kept, args))
     document = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "data": str(args.data),
                 "pool": pool, "test": test, "test_slices": args.test_slices, "steps": args.steps,
                 "batch_size": args.batch_size, "image_size": args.image_size, "seed": args.seed,
@@ -85,6 +98,36 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "quality.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return 0
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What must be equal for two runs to share a table."""
+    return {"steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size, "seed": args.seed,
+            "test_slices": args.test_slices, "pool": args.pool, "test": args.test}
+
+
+def _machine() -> dict[str, Any]:
+    """When and on what a record was measured."""
+    import os
+    import platform
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": cpu, "cores": os.cpu_count()}
+
+
+def _kept_record(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A record kept from an earlier machine, refused if it was measured with other settings."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    settings = record.pop("settings", None)
+    record.pop("measured", None)
+    if settings != _settings(args):
+        raise SystemExit(f"{path} was measured with {settings}, not {_settings(args)}: move it aside or use --redo")
+    return record
 
 
 def _test_set(data: Path, cases: list[str], slices: int, folder: Path) -> tuple[list[Path], Path]:

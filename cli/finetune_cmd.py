@@ -34,7 +34,8 @@ def finetune(
     data_dir: Path | None = typer.Argument(None, help="Dataset folder (nnU-Net v2 / MSD layout or image/label "
                                                       "pairs). Not needed with --resume."),
     shots: int = typer.Option(5, "--shots", "-k", help="Number of labelled cases to train on, chosen from the seed."),
-    cases: str | None = typer.Option(None, "--cases", help="Train on these case ids instead (comma-separated)."),
+    cases: str | None = typer.Option(None, "--cases", help="Train on these case ids instead: comma-separated, or "
+                                                           "a file (medsaga select's selection.json or cases.txt)."),
     val: int = typer.Option(0, "--val", help="Hold out this many other labelled cases; report their mean Dice "
                                              "per epoch."),
     method: str = typer.Option("galore", "--method", "-m", help="Tuning method (see the list below)."),
@@ -129,10 +130,12 @@ def finetune(
             raise InputError("give DATA_DIR (or --resume RUN_DIR)")
         if out is None:
             raise InputError("give --out RUN_DIR, the run folder to create")
+        from medsaga.select.case_list import parse_cases
+
+        case_ids, selection = parse_cases(cases)
         options, resuming = FinetuneOptions(
-            data_dir=data_dir, out=out, shots=shots,
-            cases=tuple(c.strip() for c in cases.split(",") if c.strip()) if cases else (),
-            val=val, method=method, method_options=_parse_method_options(method_option),
+            data_dir=data_dir, out=out, shots=shots, cases=case_ids, selection=selection, val=val, method=method,
+            method_options=_parse_method_options(method_option),
             checkpoint=checkpoint, model=model, random_init=random_init, image_size=image_size, epochs=epochs,
             steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, decoder_lr=decoder_lr,
             weight_decay=weight_decay,

@@ -38,7 +38,8 @@ def main(
 
 
 def _register_commands() -> None:
-    from cli import benchmark_cmd, evaluate_cmd, finetune_cmd, inspect_cmd, plan_cmd, predict_cmd, weights_cmd
+    from cli import (benchmark_cmd, evaluate_cmd, finetune_cmd, inspect_cmd, plan_cmd, predict_cmd, select_cmd,
+                     weights_cmd)
 
     inspect_cmd.register(app)
     finetune_cmd.register(app)
@@ -46,6 +47,7 @@ def _register_commands() -> None:
     evaluate_cmd.register(app)
     benchmark_cmd.register(app)
     plan_cmd.register(app)
+    select_cmd.register(app)
     weights_cmd.register(app)
 
 

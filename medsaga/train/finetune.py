@@ -59,6 +59,7 @@ class FinetuneOptions:
     out: Path
     shots: int = 5
     cases: tuple[str, ...] = ()
+    selection: dict[str, Any] | None = None  # where ``cases`` came from: a ``medsaga select`` file (case_list)
     val: int = 0
     method: str = "galore"
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -486,7 +487,7 @@ def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, s
         "classes": {"values": list(mapping.values), "names": list(mapping.names)},
         "dataset": {"root": str(dataset.root.resolve()), "name": dataset.name, "layout": dataset.layout,
                     "channel_names": list(dataset.channel_names), "train_cases": list(split.train),
-                    "val_cases": list(split.val), "training_slices": slices},
+                    "val_cases": list(split.val), "training_slices": slices, "selection": options.selection},
         "slicing": asdict(settings),
         "method": {"name": method.name, "options": method.options.to_json()},
         "training": asdict(loop),

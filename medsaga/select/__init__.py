@@ -1,0 +1,8 @@
+"""Which scans to label: embed a cohort with the frozen pretrained encoder and pick K that cover it.
+
+- :mod:`.embed`: one descriptor per scan, cached by file content;
+- :mod:`.pick`: the selection rules (greedy k-center, k-medoids) on the descriptors' distances;
+- :mod:`.cohort_map`: the cohort on its first two principal components, picks marked (PNG);
+- :mod:`.case_list`: the picks read back for ``medsaga finetune --cases``;
+- :mod:`.run`: ``medsaga select`` end to end.
+"""
