@@ -204,11 +204,24 @@ def test_cli_errors_name_the_file(tmp_path: Path) -> None:
     assert_one_line_error(medsaga("select", folder, "--shots", "1", *common, "--out", existing, "--force"),
                           existing, "not a medsaga selection folder")
     assert (existing / "notes.txt").read_text() == "mine"
-    assert_one_line_error(medsaga("select", folder, "--shots", "1", *common, "--out", folder / "inside"),
-                          folder / "inside", "outside the scans' folder")
+    assert_one_line_error(medsaga("select", folder, "--shots", "1", *common, "--out", tmp_path),
+                          tmp_path, "would contain the input folder")
     (folder / "scan_9.nii.gz").write_bytes(b"not a nifti file at all")
     assert_one_line_error(medsaga("select", folder, "--shots", "1", *common, "--out", tmp_path / "o"),
                           folder / "scan_9.nii.gz")
     assert not (tmp_path / "o").exists()
     result = medsaga("select", folder, "--shots", "1", "--rule", "best", *common, "--out", tmp_path / "o")
     assert result.returncode == 2 and result.stderr == "error: unknown --rule 'best'; choose one of: kcenter, kmedoids\n"
+
+
+def test_cohort_map_marks_the_picks_where_the_principal_plane_puts_them() -> None:
+    from medsaga.select.cohort_map import PICK, SCAN, principal_plane, render_cohort_map
+
+    descriptors = np.array([[0.0, 0, 0], [10, 0, 0], [0, 5, 0], [10, 5, 0.1]])
+    coordinates, explained = principal_plane(descriptors)
+    assert explained[0] == pytest.approx(0.8, abs=0.01) and explained.sum() == pytest.approx(1.0, abs=1e-3)
+    assert abs(coordinates[1, 0] - coordinates[0, 0]) == pytest.approx(10, abs=0.01)  # distances kept on PC 1
+    image = render_cohort_map(coordinates, explained, ["a", "b", "c", "d"], [1], np.zeros(4, int), "title")
+    # One pick square (13 x 13) plus its label, three scan squares (7 x 7) and nothing else in grey.
+    assert (image == PICK).all(axis=-1).sum() > 13 * 13
+    assert (image == SCAN).all(axis=-1).sum() == 3 * 7 * 7

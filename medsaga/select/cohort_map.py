@@ -25,6 +25,7 @@ MUTED = (120, 120, 120)
 LINK = (200, 200, 200)
 SCAN = (86, 86, 86)
 PICK = (213, 94, 0)  # Okabe-Ito vermillion
+_INSET = 16  # keeps the outermost marks off the axes
 # Past this many scans, only the picks are named: the names would cover each other.
 _NAMED_SCANS = 40
 
@@ -43,10 +44,10 @@ def principal_plane(descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coordinates, explained
 
 
-def render_cohort_map(descriptors: np.ndarray, case_ids: Sequence[str], picks: Sequence[int],
+def render_cohort_map(coordinates: np.ndarray, explained: np.ndarray, case_ids: Sequence[str], picks: Sequence[int],
                       nearest_pick: np.ndarray, title: str) -> np.ndarray:
-    """The map as ``(H, W, 3)`` uint8 (module docstring)."""
-    coordinates, explained = principal_plane(descriptors)
+    """The map as ``(H, W, 3)`` uint8 (module docstring), from :func:`principal_plane`'s ``(N, 2)``
+    coordinates and ``(2,)`` explained variance fractions."""
     line = text_height(SCALE) + 6
     top = MARGIN + 2 * line
     image = np.full((top + SIZE + MARGIN + line, SIZE + 2 * MARGIN + 160, 3), BACKGROUND, np.uint8)
@@ -56,8 +57,9 @@ def render_cohort_map(descriptors: np.ndarray, case_ids: Sequence[str], picks: S
     low, high = coordinates.min(axis=0), coordinates.max(axis=0)
     span = np.where(high - low > 0, high - low, 1.0)
     pixels = np.empty_like(coordinates)
-    pixels[:, 0] = MARGIN + (coordinates[:, 0] - low[0]) / span[0] * (SIZE - 1)
-    pixels[:, 1] = top + (1 - (coordinates[:, 1] - low[1]) / span[1]) * (SIZE - 1)  # up is positive
+    inner = SIZE - 1 - 2 * _INSET
+    pixels[:, 0] = MARGIN + _INSET + (coordinates[:, 0] - low[0]) / span[0] * inner
+    pixels[:, 1] = top + _INSET + (1 - (coordinates[:, 1] - low[1]) / span[1]) * inner  # up is positive
     points = np.round(pixels).astype(int)
     image[top:top + SIZE, MARGIN - 1] = LINK
     image[top + SIZE, MARGIN - 1:MARGIN + SIZE] = LINK

@@ -33,7 +33,7 @@ import torch
 
 from medsaga.data.resize import letterbox_images
 from medsaga.data.slices import volume_to_slices
-from medsaga.data.slicing import plane_spacing
+from medsaga.data.slicing import plane_spacing, slice_geometry
 from medsaga.io.atomic import atomic_output
 from medsaga.io.volume import Volume
 
@@ -112,8 +112,6 @@ def scan_facts(volumes: list[Volume], plane: str) -> ScanFacts:
     """Field of view and intensity of a scan (first channel), for the table."""
     first = volumes[0]
     spacing = plane_spacing(first, plane)
-    from medsaga.data.slicing import slice_geometry
-
     count, height, width = slice_geometry(first, plane).shape
     values = first.array[first.array != 0]
     values = values if values.size else first.array.ravel()

@@ -81,6 +81,10 @@ Progress = Callable[[int, int, str, bool], None]
 def select(options: SelectOptions, progress: Progress | None = None) -> Selection:
     """Run the selection (module docstring)."""
     from medsaga.data.dataset import discover_dataset
+    from medsaga.data.slicing import check_plane
+    from medsaga.io import read_volume
+    from medsaga.io.paths import check_owned_folder
+    from medsaga.select.embed import scan_facts
     from medsaga.select.pick import RULES, pairwise_distances, pick
 
     dataset = discover_dataset(options.folder)
@@ -93,7 +97,8 @@ def select(options: SelectOptions, progress: Progress | None = None) -> Selectio
         raise InputError(f"unknown --rule {options.rule!r}; choose one of: {', '.join(RULES)}")
     if options.slices < 1:
         raise InputError(f"--slices must be at least 1, got {options.slices}")
-    _check_out(options.out, options.force, dataset.root)
+    check_plane(options.plane)
+    check_owned_folder(options.out, force=options.force, marker=SELECTION_FILE, kind="selection", data=dataset.root)
     embedder, model_info = _embedder(options, dataset)
 
     started = time.perf_counter()
@@ -104,20 +109,22 @@ def select(options: SelectOptions, progress: Progress | None = None) -> Selectio
         key, hit = embedder.cached(scan.images)
         from_cache = hit is not None
         if hit is None:
-            volumes = _read(scan.images)
-            hit = embedder.describe(volumes), _facts(volumes, options.plane)
+            volumes = [read_volume(path) for path in scan.images]
+            hit = embedder.describe(volumes), scan_facts(volumes, options.plane)
             embedder.store(key, *hit)
         cached += from_cache
         descriptors.append(hit[0])
         facts.append(hit[1])
         if progress is not None:
             progress(done, len(scans), scan.case_id, from_cache)
-    matrix = np.stack(descriptors)
+    matrix = np.stack(descriptors)  # (N, S * 256)
     distances = pairwise_distances(matrix)
     picks = pick(distances, options.shots, options.rule)
     case_ids = [scan.case_id for scan in scans]
-    document = _document(options, dataset, embedder.settings, model_info, case_ids, facts, distances, picks,
-                         time.perf_counter() - started, cached)
+    document = _document(options, dataset, model_info, case_ids, facts, distances, picks)
+    document["embedding"] = {**asdict(embedder.settings), "descriptor_length": int(matrix.shape[1])}
+    document["cache"] = {"folder": str(options.cache_dir) if options.cache_dir else None, "hits": cached}
+    document["seconds"] = round(time.perf_counter() - started, 2)
     _write_outputs(options, document, matrix, case_ids, picks)
     return Selection(document, options.out)
 
@@ -172,36 +179,9 @@ def _embedder(options: SelectOptions, dataset: Any):
     return ScanEmbedder(segmenter.encode, settings, options.cache_dir, device), info
 
 
-def _read(files: tuple[Path, ...]) -> list[Any]:
-    from medsaga.io import read_volume
-
-    return [read_volume(path) for path in files]
-
-
-def _facts(volumes: list[Any], plane: str) -> Any:
-    from medsaga.select.embed import scan_facts
-
-    return scan_facts(volumes, plane)
-
-
-def _check_out(out: Path, force: bool, data: Path) -> None:
-    """Refuse an output folder that must not be (re)used; changes nothing on disk."""
-    resolved, root = out.resolve(), data.resolve()
-    if resolved == root or root.is_relative_to(resolved) or resolved.is_relative_to(root):
-        raise InputError("the output folder must be outside the scans' folder; choose another --out", out)
-    if out.exists():
-        if not out.is_dir():
-            raise InputError("exists and is not a folder", out)
-        if any(out.iterdir()):
-            if not force:
-                raise InputError("already exists; pass --force to replace it", out)
-            if not (out / SELECTION_FILE).is_file():
-                raise InputError(f"is not a medsaga selection folder (no {SELECTION_FILE}): not replacing it, even "
-                                 "with --force", out)
-
-
-def _document(options: SelectOptions, dataset: Any, settings: Any, model_info: dict[str, Any], case_ids: list[str],
-              facts: list[Any], distances: np.ndarray, picks: Any, seconds: float, cached: int) -> dict[str, Any]:
+def _document(options: SelectOptions, dataset: Any, model_info: dict[str, Any], case_ids: list[str],
+              facts: list[Any], distances: np.ndarray, picks: Any) -> dict[str, Any]:
+    """selection.json's picks, scans and summary figures (the caller adds settings and timing)."""
     order = [int(i) for i in picks.indices]
     mean_to_others = distances.sum(axis=1) / max(len(case_ids) - 1, 1)
     pick_rows = []
@@ -234,9 +214,6 @@ def _document(options: SelectOptions, dataset: Any, settings: Any, model_info: d
         "median_pairwise_distance": float(np.median(distances[np.triu_indices(len(case_ids), 1)]))
         if len(case_ids) > 1 else 0.0,
         "model": model_info,
-        "embedding": {**asdict(settings), "descriptor_length": None},
-        "cache": {"folder": str(options.cache_dir) if options.cache_dir else None, "hits": cached},
-        "seconds": round(seconds, 2),
         "scan_table": scan_rows,
         "map": MAP_FILE,
     }
@@ -248,14 +225,13 @@ def _write_outputs(options: SelectOptions, document: dict[str, Any], descriptors
     from medsaga.io.atomic import atomic_output
     from medsaga.select.cohort_map import principal_plane, render_cohort_map
 
-    document["embedding"]["descriptor_length"] = int(descriptors.shape[1])
-    _, explained = principal_plane(descriptors)
+    coordinates, explained = principal_plane(descriptors)
     document["map_explained_variance"] = [round(float(v), 4) for v in explained]
     out = options.out
     if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)  # _check_out allowed it: a previous selection, with --force
+        shutil.rmtree(out)  # check_owned_folder allowed it: a previous selection, with --force
     out.mkdir(parents=True, exist_ok=True)
-    image = render_cohort_map(descriptors, case_ids, [int(i) for i in picks.indices], picks.nearest_pick,
+    image = render_cohort_map(coordinates, explained, case_ids, [int(i) for i in picks.indices], picks.nearest_pick,
                               f"medsaga select: {options.shots} of {len(case_ids)} scans ({options.rule})")
     with atomic_output(out / MAP_FILE) as temporary:
         write_png(temporary, image)

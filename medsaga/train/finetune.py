@@ -28,6 +28,7 @@ from medsaga.data.slices import MODES
 from medsaga.data.slicing import check_plane
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
+from medsaga.io.paths import check_owned_folder
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
 from medsaga.methods.base import encoder_backbone
 from medsaga.model.backbone import backbone_for_model, backbone_of
@@ -189,7 +190,8 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
     split = choose_cases(dataset, options.shots, options.seed, cases=options.cases, val=options.val)
     options = _resolve_weights(options)
     if not resume:
-        _check_run_dir(options.out, options.force, dataset)
+        check_owned_folder(options.out, force=options.force, marker=CONFIG_FILE, kind="run", data=dataset.root,
+                           resume_hint=", or --resume to continue it")
     return CheckedInputs(options, device, precision, gpu_memory, profile, method, dataset, mapping, split)
 
 
@@ -445,28 +447,8 @@ def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: 
     return SamSegmenter(sam), detected, info
 
 
-def _check_run_dir(out: Path, force: bool, dataset: Dataset) -> None:
-    """Refuse a run folder that must not be (re)used; changes nothing on disk.
-
-    An existing non-empty folder is replaced only with ``force``, and only if it is a medsaga run:
-    never a folder of other files, never one holding the dataset.
-    """
-    resolved, data = out.resolve(), dataset.root.resolve()
-    if resolved == data or data.is_relative_to(resolved):
-        raise InputError("the run folder would contain the dataset; choose another --out", out)
-    if out.exists():
-        if not out.is_dir():
-            raise InputError("exists and is not a folder", out)
-        if any(out.iterdir()):
-            if not force:
-                raise InputError("already exists; pass --force to replace it, or --resume to continue it", out)
-            if not (out / CONFIG_FILE).is_file():
-                raise InputError("is not a medsaga run folder (no config.json): not replacing it, even with --force",
-                                 out)
-
-
 def _prepare_run_dir(out: Path) -> None:
-    """Create the run folder, emptying a previous run there (:func:`_check_run_dir` allowed it)."""
+    """Create the run folder, emptying a previous run there (``check_owned_folder`` allowed it)."""
     if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
