@@ -1,9 +1,12 @@
-"""Path identity: is this output the same file as that input?"""
+"""Output paths: is this output the same file as that input, and may this output folder be (re)used?"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+from medsaga.errors import InputError
 
 
 def same_path(a: Path, b: Path) -> bool:
@@ -28,8 +31,6 @@ def check_owned_folder(out: Path, *, force: bool, marker: str, kind: str, data: 
     Raises:
         InputError: naming ``out`` and what is wrong.
     """
-    from medsaga.errors import InputError
-
     resolved, root = out.resolve(), data.resolve()
     if resolved == root or root.is_relative_to(resolved):
         raise InputError(f"the {kind} folder would contain the input folder {data}; choose another --out", out)
@@ -42,3 +43,10 @@ def check_owned_folder(out: Path, *, force: bool, marker: str, kind: str, data: 
             if not (out / marker).is_file():
                 raise InputError(f"is not a medsaga {kind} folder (no {marker}): not replacing it, even with --force",
                                  out)
+
+
+def prepare_owned_folder(out: Path) -> None:
+    """Create ``out``, emptying a previous output there (:func:`check_owned_folder` allowed it)."""
+    if out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,14 +222,13 @@ def _write_outputs(options: SelectOptions, document: dict[str, Any], descriptors
                    picks: Any) -> None:
     from medsaga.evaluate.png import write_png
     from medsaga.io.atomic import atomic_output
+    from medsaga.io.paths import prepare_owned_folder
     from medsaga.select.cohort_map import principal_plane, render_cohort_map
 
     coordinates, explained = principal_plane(descriptors)
     document["map_explained_variance"] = [round(float(v), 4) for v in explained]
     out = options.out
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)  # check_owned_folder allowed it: a previous selection, with --force
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_owned_folder(out)
     image = render_cohort_map(coordinates, explained, case_ids, [int(i) for i in picks.indices], picks.nearest_pick,
                               f"medsaga select: {options.shots} of {len(case_ids)} scans ({options.rule})")
     with atomic_output(out / MAP_FILE) as temporary:

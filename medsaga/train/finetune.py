@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from medsaga.data.slices import MODES
 from medsaga.data.slicing import check_plane
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
-from medsaga.io.paths import check_owned_folder
+from medsaga.io.paths import check_owned_folder, prepare_owned_folder
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
 from medsaga.methods.base import encoder_backbone
 from medsaga.model.backbone import backbone_for_model, backbone_of
@@ -250,7 +249,7 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
         reporter.info(f"model {model_type} from {checkpoint_info['packaged']} ({Path(checkpoint_info['path']).name}, "
                       f"SHA-256 verified)")
     if not resume and rank.is_main:
-        _prepare_run_dir(options.out)
+        prepare_owned_folder(options.out)
     distributed.barrier()  # the run folder exists (and a resumed one is untouched) before any rank goes on
 
     slices_per_step = options.batch_size * options.grad_accum
@@ -445,13 +444,6 @@ def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: 
     info = {"path": str(Path(options.checkpoint).resolve()), "sha256": digests.sha256,
             "size_bytes": digests.size_bytes, "packaged": packaged_source(Path(options.checkpoint))}
     return SamSegmenter(sam), detected, info
-
-
-def _prepare_run_dir(out: Path) -> None:
-    """Create the run folder, emptying a previous run there (``check_owned_folder`` allowed it)."""
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, split: CaseSplit,
