@@ -41,8 +41,8 @@ def select(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace an existing selection folder."),
 ) -> None:
-    """Pick the K scans that teach the model most: embed every scan with the frozen pretrained
-    encoder (a few slices each, cached by file content), choose K that cover the cohort, print and
+    """Pick K scans to label first, chosen to cover the cohort: embed every scan with the frozen
+    pretrained encoder (a few slices each, cached by file content), choose K by --rule, print and
     write the list with each pick's distances, and draw the cohort with the picks marked.
 
     Then: medsaga finetune DATA --cases OUT/selection.json (the run's config records the selection).
