@@ -5,7 +5,7 @@ LiteMedSAM's frozen encoder) and K random cases under each of ``--seeds`` (drawn
 function ``medsaga finetune --shots K --seed S`` uses) are each fine-tuned with every method::
 
     medsaga finetune DATA --cases <the K> --model litemedsam --method M --steps S --batch-size B
-                          --image-size I --seed 0 --out RUN
+                          --image-size I --seed 0 --speed --out RUN
     medsaga predict  RUN <the cases not trained on> --out RUN/predictions
     medsaga evaluate RUN/predictions <their labels> --labels RUN --out RUN/evaluation
 
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--test-slices", type=int, default=64)
     parser.add_argument("--select-image-size", type=int, default=256, help="the encoder's size for select")
+    # The question here is which cases, not how much memory: the runs train with --speed (no
+    # activation checkpointing, plain GaLore), which saves the encoder's recomputation in every
+    # backward. --lean trains with finetune's defaults, as the quality table does.
+    parser.add_argument("--lean", action="store_true", help="train with finetune's lean defaults, not --speed")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -65,14 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = _test_set(args.data, everyone, args.test_slices, args.out / "test")
     slab = dict(zip(everyone, images))
     args.records.mkdir(parents=True, exist_ok=True)
-    rows = []
+    draws_per_k: dict[int, dict[str, tuple[str, ...]]] = {}
     for k in [int(k) for k in args.shots.split(",")]:
         draws: dict[str, tuple[str, ...]] = {}
         for rule in args.rules.split(","):
             draws[rule] = _selected(args, k, rule)
         for seed in [int(s) for s in args.seeds.split(",")]:
             draws[f"random seed {seed}"] = choose_cases(dataset, k, seed).train
-        for method in args.methods.split(","):
+        draws_per_k[k] = draws
+    rows = []
+    # Method by method, so the cheap decoder's rows for every K are complete before the first
+    # encoder-training run starts.
+    for method in args.methods.split(","):
+        for k, draws in draws_per_k.items():
             results = {}
             for name, cases in draws.items():
                 record = _run(args, method, cases, [slab[c] for c in everyone if c not in cases], labels)
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size,
-            "test_slices": args.test_slices, "select_image_size": args.select_image_size, "data": args.data.name}
+            "test_slices": args.test_slices, "select_image_size": args.select_image_size, "data": args.data.name,
+            "memory_profile": "lean" if args.lean else "speed"}
 
 
 def _medsaga() -> list[str]:
@@ -130,7 +140,7 @@ def _run(args: argparse.Namespace, method: str, cases: tuple[str, ...], images: 
             ("finetune", [*medsaga, "finetune", str(args.data), "--cases", ",".join(sorted(cases)), "--model",
                           "litemedsam", "--method", method, "--steps", str(args.steps), "--batch-size",
                           str(args.batch_size), "--image-size", str(args.image_size), "--seed", "0", "--out",
-                          str(run), "--force"]),
+                          str(run), "--force", *([] if args.lean else ["--speed"])]),
             ("predict", [*medsaga, "predict", str(run), *map(str, images), "--out", str(run / "predictions"),
                          "--force"]),
             ("evaluate", [*medsaga, "evaluate", str(run / "predictions"), str(labels), "--labels", str(run),
