@@ -162,28 +162,39 @@ def _axial_axis(affine: Any) -> int:
 
 def _run(args: argparse.Namespace, init: str, cases: list[str], method: str, run: Path, images: list[Path],
          labels: Path) -> None:
-    medsaga = [str(Path(sys.executable).with_name("medsaga"))]
-    finetune = [*medsaga, "finetune", str(args.data), "--cases", ",".join(cases), "--model", "litemedsam",
+    finetune = ["finetune", str(args.data), "--cases", ",".join(cases), "--model", "litemedsam",
                 "--method", method, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                 "--image-size", str(args.image_size), "--seed", str(args.seed), "--out", str(run), "--force"]
     if init == "random":
         finetune.append("--random-init")
+    timings = finetune_predict_evaluate(finetune, run, images, labels, f"{init} K={len(cases)} {method}",
+                                        logs=run.parent / method)
+    (run / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+
+
+def finetune_predict_evaluate(finetune: list[str], run: Path, images: list[Path], labels: Path, title: str,
+                              logs: Path | None = None) -> dict[str, float]:
+    """What a user runs: ``medsaga <finetune...>`` into ``run``, then ``predict`` on ``images`` and
+    ``evaluate`` against ``labels`` inside it; the wall seconds of each. Each command's output goes
+    to ``<logs>.<command>.log`` when ``logs`` is given; a failing command ends the benchmark."""
+    medsaga = [str(Path(sys.executable).with_name("medsaga"))]
     timings = {}
     for name, command in (
-            ("finetune", finetune),
+            ("finetune", [*medsaga, *finetune]),
             ("predict", [*medsaga, "predict", str(run), *map(str, images), "--out", str(run / "predictions"),
                          "--force"]),
             ("evaluate", [*medsaga, "evaluate", str(run / "predictions"), str(labels), "--labels", str(run),
                           "--out", str(run / "evaluation"), "--force"])):
-        print(f"[{init} K={len(cases)} {method}] {name}", flush=True)
+        print(f"[{title}] {name}", flush=True)
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
-        timings[name] = time.perf_counter() - started
-        (run.parent / f"{method}.{name}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+        timings[name] = round(time.perf_counter() - started, 1)
+        if logs is not None:
+            logs.with_name(f"{logs.name}.{name}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
         if result.returncode != 0:
             print(result.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"{name} failed for {run} (exit {result.returncode})")
-    (run / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    return timings
 
 
 def _record(init: str, k: int, method: str, run: Path) -> dict[str, Any]:

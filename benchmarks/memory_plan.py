@@ -58,7 +58,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}", "device": str(device), "model": args.model,
         "profiled_sizes": list(sizes), "rows": []}
-    print(f"| config | size | batch | predicted GiB | measured GiB | error |")
+    print("| config | size | batch | predicted GiB | measured GiB | error |")
     print("|---|---:|---:|---:|---:|---:|")
     for item in args.configs.split(","):
         method, _, profile = item.partition(":")

@@ -30,14 +30,13 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from litemedsam_quality import _machine, _test_set  # noqa: E402  (one slab writer for both benchmarks)
+from litemedsam_quality import _machine, _test_set, finetune_predict_evaluate  # noqa: E402  (shared with the quality table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,23 +133,11 @@ def _run(args: argparse.Namespace, method: str, cases: tuple[str, ...], images: 
     if args.table_only:
         return None
     run = args.out / "runs" / method / name
-    medsaga = _medsaga()
-    timings = {}
-    for step, command in (
-            ("finetune", [*medsaga, "finetune", str(args.data), "--cases", ",".join(sorted(cases)), "--model",
-                          "litemedsam", "--method", method, "--steps", str(args.steps), "--batch-size",
-                          str(args.batch_size), "--image-size", str(args.image_size), "--seed", "0", "--out",
-                          str(run), "--force", *([] if args.lean else ["--speed"])]),
-            ("predict", [*medsaga, "predict", str(run), *map(str, images), "--out", str(run / "predictions"),
-                         "--force"]),
-            ("evaluate", [*medsaga, "evaluate", str(run / "predictions"), str(labels), "--labels", str(run),
-                          "--out", str(run / "evaluation"), "--force"])):
-        print(f"[{method} {name}] {step}", flush=True)
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        timings[step] = round(time.perf_counter() - started, 1)
-        if result.returncode != 0:
-            raise SystemExit(f"{step} failed for {run}: {result.stderr[-2000:]}")
+    finetune = ["finetune", str(args.data), "--cases", ",".join(sorted(cases)), "--model", "litemedsam",
+                "--method", method, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                "--image-size", str(args.image_size), "--seed", "0", "--out", str(run), "--force",
+                *([] if args.lean else ["--speed"])]
+    timings = finetune_predict_evaluate(finetune, run, images, labels, f"{method} {name}")
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     dice = {summary["name"]: summary["dice"] for summary in metrics["mean"]}
     record = {"method": method, "cases": sorted(cases), "evaluated_on": len(images), "dice": dice,
