@@ -80,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
                 run = args.out / init / f"k{k}" / method
                 kept = args.records / f"{init}-k{k}-{method}.json"
                 finished = (run / "evaluation" / "metrics.json").is_file() or kept.is_file()
-                if not args.table_only and (args.redo or not finished):
+                ran_now = not args.table_only and (args.redo or not finished)
+                if ran_now:
                     _run(args, init, pool[:k], method, run, images, labels)
                 if (run / "evaluation" / "metrics.json").is_file():
                     record = _record(init, k, method, run)
-                    kept.write_text(json.dumps({**record, "settings": _settings(args), "measured": _machine()}, indent=2) + "\n",
-                                    encoding="utf-8")
+                    # A kept record keeps the date and machine of its measurement: only a run done now,
+                    # or one whose record is missing, writes it.
+                    if ran_now or not kept.is_file():
+                        kept.write_text(json.dumps({**record, "settings": _settings(args), "measured": _machine()},
+                                                   indent=2) + "\n", encoding="utf-8")
                     records.append(record)
                 elif kept.is_file():
                     records.append(_kept_record(kept, args))
