@@ -26,9 +26,10 @@ def select(
     image_size: int | None = typer.Option(None, "--image-size", help="Encoder input size (default: the "
                                                                      "model's, 256 for litemedsam)."),
     slices: int = typer.Option(8, "--slices", help="Slices per scan, spread over the slices that hold tissue."),
-    rule: str = typer.Option("kcenter", "--rule", help="kcenter (cover the cohort: each pick the scan farthest "
-                                                       "from the picks so far) or kmedoids (typical scans: the "
-                                                       "least summed distance to the nearest pick)."),
+    rule: str = typer.Option("kmedoids", "--rule", help="kmedoids (typical scans: the least summed distance to "
+                                                        "the nearest pick; trained better models on MALF) or "
+                                                        "kcenter (cover the cohort, outliers included: each pick "
+                                                        "the scan farthest from the picks so far)."),
     plane: str = typer.Option("axial", "--plane", help="Slicing plane: axial, coronal or sagittal."),
     intensity: str | None = typer.Option(None, "--intensity", help="Intensity preset for every channel (default: "
                                                                    "from dataset.json's channel names, as "
@@ -41,7 +42,7 @@ def select(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace an existing selection folder."),
 ) -> None:
-    """Pick K scans to label first, chosen to cover the cohort: embed every scan with the frozen
+    """Pick K scans to label first, chosen to stand for the cohort: embed every scan with the frozen
     pretrained encoder (a few slices each, cached by file content), choose K by --rule, print and
     write the list with each pick's distances, and draw the cohort with the picks marked.
 

@@ -146,9 +146,9 @@ def test_descriptors_are_cached_by_content_not_by_name(tmp_path: Path) -> None:
 def test_select_on_nnunet_layout_without_labels(tmp_path: Path) -> None:
     data = make_nnunet(tmp_path / "data", n_cases=4)
     shutil.rmtree(data / "labelsTr")
-    selection = select(_options(data, tmp_path / "sel", tmp_path / "cache", shots=2, rule="kmedoids"))
+    selection = select(_options(data, tmp_path / "sel", tmp_path / "cache", shots=2, rule="kcenter"))
     assert len(selection.cases) == 2 and set(selection.cases) <= {f"case_{i:03d}" for i in range(4)}
-    assert selection.document["layout"] == "nnunet" and selection.document["rule"] == "kmedoids"
+    assert selection.document["layout"] == "nnunet" and selection.document["rule"] == "kcenter"
     assert not any(row["labelled"] for row in selection.document["scan_table"])
 
 
@@ -166,7 +166,7 @@ def test_cli_select_then_finetune_takes_and_records_the_selection(tmp_path: Path
     assert config["dataset"]["train_cases"] == picks
     recorded = config["dataset"]["selection"]
     assert recorded["file"] == str((tmp_path / "sel" / "selection.json").resolve())
-    assert recorded["rule"] == "kcenter" and len(recorded["sha256"]) == 64
+    assert recorded["rule"] == "kmedoids" and len  # the default rule(recorded["sha256"]) == 64
     assert config["options"]["selection"] == recorded  # and --resume rebuilds the options with it
 
 

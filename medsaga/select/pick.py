@@ -10,7 +10,8 @@ Two rules, both deterministic (ties go to the lower index, i.e. the first case i
   pick (PAM: greedy build, then swaps while one lowers the sum). The picks are typical scans,
   each standing for a group; an outlier is picked only when it is a group of its own.
 
-For K = 1 both give the medoid.
+For K = 1 both give the medoid. ``kmedoids`` is the default: on MALF brain MRI its picks trained
+better models than k-center's wherever the two differed (README, *Selected against random shots*).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def pairwise_distances(descriptors: np.ndarray) -> np.ndarray:
     return distances
 
 
-def pick(distances: np.ndarray, k: int, rule: str = "kcenter") -> Picks:
+def pick(distances: np.ndarray, k: int, rule: str = "kmedoids") -> Picks:
     """Choose ``k`` of the ``N`` scans of the ``(N, N)`` distance matrix by ``rule``."""
     n = distances.shape[0]
     if distances.shape != (n, n):

@@ -52,7 +52,7 @@ class SelectOptions:
     random_init: bool = False
     image_size: int | None = None
     slices: int = 8
-    rule: str = "kcenter"
+    rule: str = "kmedoids"
     plane: str = "axial"
     intensity: str | None = None
     cache_dir: Path | None = field(default_factory=default_cache_dir)
