@@ -166,7 +166,7 @@ def test_cli_select_then_finetune_takes_and_records_the_selection(tmp_path: Path
     assert config["dataset"]["train_cases"] == picks
     recorded = config["dataset"]["selection"]
     assert recorded["file"] == str((tmp_path / "sel" / "selection.json").resolve())
-    assert recorded["rule"] == "kmedoids" and len  # the default rule(recorded["sha256"]) == 64
+    assert recorded["rule"] == "kmedoids" and len(recorded["sha256"]) == 64  # kmedoids: the default rule
     assert config["options"]["selection"] == recorded  # and --resume rebuilds the options with it
 
 

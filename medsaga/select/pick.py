@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 RULES: tuple[str, ...] = ("kcenter", "kmedoids")
+DEFAULT_RULE = "kmedoids"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def pairwise_distances(descriptors: np.ndarray) -> np.ndarray:
     return distances
 
 
-def pick(distances: np.ndarray, k: int, rule: str = "kmedoids") -> Picks:
+def pick(distances: np.ndarray, k: int, rule: str = DEFAULT_RULE) -> Picks:
     """Choose ``k`` of the ``N`` scans of the ``(N, N)`` distance matrix by ``rule``."""
     n = distances.shape[0]
     if distances.shape != (n, n):

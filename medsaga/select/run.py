@@ -26,6 +26,7 @@ import numpy as np
 
 from medsaga import __version__
 from medsaga.errors import InputError
+from medsaga.select.pick import DEFAULT_RULE
 
 SELECTION_FILE = "selection.json"
 CASES_FILE = "cases.txt"
@@ -52,7 +53,7 @@ class SelectOptions:
     random_init: bool = False
     image_size: int | None = None
     slices: int = 8
-    rule: str = "kmedoids"
+    rule: str = DEFAULT_RULE
     plane: str = "axial"
     intensity: str | None = None
     cache_dir: Path | None = field(default_factory=default_cache_dir)
