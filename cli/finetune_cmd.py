@@ -43,18 +43,24 @@ def finetune(
                                             help="A method option as KEY=VALUE, repeatable (e.g. -o rank=4)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="SAM or MedSAM weights (.pth); "
                                                                             "see 'medsaga weights'."),
-    model: str | None = typer.Option(None, "--model", help="Model type: litemedsam (the installed LiteMedSAM "
-                                                           "weights, no --checkpoint needed), vit_b, vit_l, vit_h, "
+    model: str | None = typer.Option(None, "--model", help="Model type: litemedsam (the default: the installed "
+                                                           "LiteMedSAM weights, no --checkpoint needed), vit_b, vit_l, vit_h, "
                                                            "tiny. A ViT without --checkpoint: random weights "
                                                            "(tests, benchmarks)."),
     random_init: bool = typer.Option(False, "--random-init", help="Random weights of the --model architecture "
                                                                   "(litemedsam included): a baseline, not for "
                                                                   "real segmentation."),
-    out: Path | None = typer.Option(None, "--out", help="Run folder to create (RUN_DIR)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create (RUN_DIR; default: a new "
+                                                        "runs/<dataset>-<method>-k<K>, then -2, -3...)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Model input size, a multiple of 16 (default: "
                                                                      "256 for litemedsam, 512 for the ViTs)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the training slices (default 10)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (instead of --epochs)."),
+    time_budget: str | None = typer.Option(None, "--time-budget", help="Train for this wall-clock time instead "
+                                                                       "of --epochs/--steps (20m, 90s, 1h30m or "
+                                                                       "seconds, counted from the start): the "
+                                                                       "steps are fixed from the first steps' "
+                                                                       "time, and the lr schedule ends with it."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per forward pass."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Forward/backward passes per optimizer step."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the method's, below; "
@@ -82,7 +88,9 @@ def finetune(
     empty_ratio: float = typer.Option(0.25, "--empty-ratio", help="Empty slices kept per slice with foreground."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, small rotations and scales, "
                                                                       "intensity jitter."),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between resumable checkpoints."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every",
+                                         help="Steps between resumable checkpoints (the first comes after step 1; "
+                                              "0: only at the end)."),
     cache_embeddings: str = typer.Option("auto", "--cache-embeddings",
                                          help="auto, on or off. On: run the frozen part of the encoder once per "
                                               "training slice and fixed view (--cache-views), keep its outputs in "
@@ -128,11 +136,14 @@ def finetune(
     else:
         if data_dir is None:
             raise InputError("give DATA_DIR (or --resume RUN_DIR)")
-        if out is None:
-            raise InputError("give --out RUN_DIR, the run folder to create")
         from medsaga.select.case_list import parse_cases
 
         case_ids, selection = parse_cases(cases)
+        if out is None:  # a new folder under runs/, never an existing one (medsaga.runs)
+            out, out_why = _default_out(data_dir, method, len(case_ids) or shots), "new, named from the dataset, " \
+                "method and K; --out chooses another"
+        else:
+            out_why = "--out"
         options, resuming = FinetuneOptions(
             data_dir=data_dir, out=out, shots=shots, cases=case_ids, selection=selection, val=val, method=method,
             method_options=_parse_method_options(method_option),
@@ -144,7 +155,8 @@ def finetune(
             speed=speed,
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
-            cache_dtype=cache_dtype, attention=attention, gpu_memory=gpu_memory, force=force), False
+            cache_dtype=cache_dtype, attention=attention, gpu_memory=gpu_memory, time_budget=time_budget,
+            force=force), False
     if nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {nproc}")
     if nproc > 1:
@@ -155,8 +167,21 @@ def finetune(
         if distributed.launched_by_torchrun():
             raise InputError("--nproc launches torchrun itself: under torchrun, leave it out")
         check_inputs(options, resume=resuming, world_size=nproc)  # bad input: one line here, not one per process
-        raise typer.Exit(launch_torchrun(nproc, without_option(sys.argv[1:], "--nproc")))
-    reporter = _Reporter()
+        arguments = without_option(sys.argv[1:], "--nproc")
+        if not resuming and out_why != "--out":  # every rank must write the one folder named here
+            arguments += ["--out", str(options.out)]
+        raise typer.Exit(launch_torchrun(nproc, arguments))
+    # What the defaults chose, shown first, but only once the checks passed (before the library's
+    # first line): bad input stays one line.
+    preamble = []
+    if not resuming:
+        preamble.append(f"run folder {options.out} ({out_why})")
+        if model is None and checkpoint is None:
+            from medsaga.train import finetune as finetune_module
+
+            preamble.append(f"model {finetune_module.DEFAULT_MODEL}: the default, the pretrained medical SAM "
+                            "installed with medsaga (--model or --checkpoint chooses another)")
+    reporter = _Reporter(preamble)
     try:
         outcome = run_finetune(options, reporter, resume=resuming)
     finally:
@@ -165,6 +190,29 @@ def finetune(
 
     if distributed.current().is_main:
         _print_report(outcome.report, outcome.run_dir)
+        _record_latest(outcome.run_dir)
+
+
+def _default_out(data_dir: Path, method: str, shots: int) -> Path:
+    """``runs/<dataset>-<method>-k<K>`` (``-2``, ``-3``... when taken); the dataset's name from its
+    dataset.json or folder (a bad DATA_DIR is the same one-line error finetune would give)."""
+    from medsaga.data.dataset import discover_dataset
+    from medsaga.runs import default_run_dir
+
+    return default_run_dir(discover_dataset(data_dir).name, method, shots)
+
+
+def _record_latest(run_dir: Path) -> None:
+    """Point runs/latest at the finished run (only a run under ./runs/, see medsaga.runs.record_latest)
+    and say, last, where the run is and how to predict with it."""
+    from medsaga.runs import record_latest
+
+    link = record_latest(run_dir)
+    if link is not None:
+        print(f"run folder {run_dir} ({link} points to it: 'medsaga predict SCAN' predicts with it)")
+    else:
+        print(f"run folder {run_dir} (outside ./runs/, so runs/latest is unchanged: "
+              f"'medsaga predict --run {run_dir} SCAN' predicts with it)")
 
 
 def _parse_method_options(pairs: list[str]) -> dict[str, Any]:
@@ -208,7 +256,7 @@ def _first_line(text: str | None) -> str:
 class _Reporter:
     """Rich progress on stderr: loading cases, then training (step, loss, lr, slices/s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preamble: list[str] | None = None) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -216,9 +264,16 @@ class _Reporter:
         self.task = None
         self.reading = None
         self.caching = None
+        self.preamble = list(preamble or [])  # printed before the first message (the checks have passed)
 
     def info(self, message: str) -> None:
+        self._flush_preamble()
         self.console.print(message, markup=False)
+
+    def _flush_preamble(self) -> None:
+        for line in self.preamble:
+            self.console.print(line, markup=False)
+        self.preamble = []
 
     def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
         # Transient: gone once the cases are read, so that a bad case leaves one error line only.
@@ -255,6 +310,7 @@ class _Reporter:
                 display.stop()
 
     def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
+        self._flush_preamble()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
@@ -267,6 +323,11 @@ class _Reporter:
         self.progress.start()
         self.task = self.progress.add_task("train", total=total_steps, completed=first_step, epoch=1, loss="-",
                                            lr="-", speed="-")
+
+    def on_total_steps(self, total_steps: int) -> None:
+        """A --time-budget run's total, once its first steps are timed."""
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, total=total_steps)
 
     def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
         assert self.progress is not None and self.task is not None

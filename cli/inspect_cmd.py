@@ -107,6 +107,10 @@ def _inspect_dataset(data_dir: Path) -> None:
 
     dataset = discover_dataset(data_dir)
     console = _stdout_console()
+    error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Files discovery left out (broken links, labels without images): named, one line each.
+    for warning in dataset.warnings:
+        error_console.print(f"warning: {warning}", markup=False)
     summaries: list[CaseSummary] = []
     with Progress(TextColumn("reading {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
@@ -118,7 +122,6 @@ def _inspect_dataset(data_dir: Path) -> None:
     console.print(_case_table(dataset, summaries))
     problems = [problem for summary in summaries for problem in summary.problems]
     if problems:
-        error_console = Console(stderr=True, highlight=False, soft_wrap=True)
         # One line per problem, each naming its file; no summary line to read past.
         for problem in problems:
             error_console.print(f"error: {problem}", markup=False)

@@ -52,7 +52,7 @@ def plan(
     from medsaga.train.finetune import resolve_device
 
     check_model_type(model)
-    size = check_image_size(image_size if image_size is not None else default_image_size(model))
+    size = check_image_size(image_size if image_size is not None else default_image_size(model), "--image-size")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if precision not in ("fp32", "bf16"):
@@ -66,7 +66,7 @@ def plan(
     sizes = default_profiled_sizes(model)
     if profile_sizes is not None:
         try:
-            sizes = tuple(check_image_size(int(text)) for text in profile_sizes.split(","))
+            sizes = tuple(check_image_size(int(text), "--profile-sizes") for text in profile_sizes.split(","))
         except ValueError:
             raise InputError(f"--profile-sizes takes three sizes like 224,336,448, got {profile_sizes!r}") from None
         if len(set(sizes)) != 3:

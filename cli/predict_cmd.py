@@ -1,4 +1,5 @@
-"""``medsaga predict RUN_DIR INPUT... --out OUT``: label maps for new volumes, with progress and timings."""
+"""``medsaga predict [RUN_DIR] INPUT... [--run RUN_DIR] [--out OUT]``: label maps for new volumes,
+with progress and timings."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import typer
 
 if TYPE_CHECKING:
     from medsaga.predict.inputs import PredictCase
-    from medsaga.predict.pipeline import CaseResult
+    from medsaga.predict.pipeline import CaseFailure, CaseResult
+
+
+# Outputs go here, in the working directory, when --out is not given: never beside (or over) an input.
+DEFAULT_OUT = "predictions"
 
 
 def register(app: typer.Typer) -> None:
@@ -19,11 +24,15 @@ def register(app: typer.Typer) -> None:
 
 
 def predict(
-    run_dir: Path = typer.Argument(..., help="Run folder written by 'medsaga finetune' (config.json, "
-                                             "trained.safetensors, method.json)."),
-    inputs: list[Path] = typer.Argument(..., help="NIfTI / NRRD / MHA files, DICOM series folders, or folders of "
-                                                  "them (e.g. an nnU-Net imagesTs/ with CASE_0000.nii.gz files)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the predictions (created if needed)."),
+    paths: list[Path] = typer.Argument(..., metavar="[RUN_DIR] INPUT",
+                                       help="NIfTI / NRRD / MHA files, DICOM series folders, or folders of them "
+                                            "(e.g. an nnU-Net imagesTs/ with CASE_0000.nii.gz files), optionally "
+                                            "after the run folder of 'medsaga finetune' (recognised by its marker "
+                                            "or config.json; a scan never is one)."),
+    run: Path | None = typer.Option(None, "--run", help="Run folder to predict with (default: the first "
+                                                        "positional when it is a run, else runs/latest, the "
+                                                        "last run finished under ./runs/)."),
+    out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Folder for the predictions (created if needed)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Slices per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA that supports it, "
@@ -46,7 +55,8 @@ def predict(
     """Segment volumes with a fine-tuned run.
 
     Each volume is sliced exactly as in training, segmented slice by slice and put back on its own
-    grid. Outputs in OUT, per case (CASE = file name without ending and _0000 channel suffix, or the
+    grid. The run: --run, or the first INPUT when it is a run folder, else runs/latest (the last
+    run 'medsaga finetune' finished under ./runs/). Outputs in OUT (default ./predictions/), per case (CASE = file name without ending and _0000 channel suffix, or the
     DICOM folder's name): CASE.nii.gz (label values of the training dataset; a NIfTI input's header
     is kept), plus CASE.nrrd for NRRD/MHA input, plus CASE.seg.dcm (DICOM-SEG) for a DICOM series.
     Ends with a table of slices and seconds per volume. A case that fails is reported in one line
@@ -56,47 +66,87 @@ def predict(
     splits the cases between the processes (one model each); rank 0 prints the table.
     """
     from medsaga.predict.pipeline import PredictOptions, predict as run_predict
+    from medsaga.predict.temporaries import Interrupted
+    from medsaga.runs import resolve_predict_target
 
+    target = resolve_predict_target(paths, run)
+    run_dir, inputs = target.run_dir, target.inputs
     options = PredictOptions(run_dir=run_dir, inputs=tuple(inputs), out=out, batch_size=batch_size, device=device,
                              precision=precision, checkpoint=checkpoint, largest_component=largest_component,
                              probabilities=probabilities, seg_type=seg_type.lower(), series_uid=series, force=force,
                              skip_existing=skip_existing)
-    reporter = _Reporter()
+    # Said with the pipeline's first message, i.e. once the checks passed: an error stays one line.
+    reporter = _Reporter(intro=f"run {run_dir} ({target.run_source}); predictions into {out}/"
+                         + (" (the default; --out chooses another)" if out == Path(DEFAULT_OUT) else ""))
     try:
         outcome = run_predict(options, reporter)
+    except Interrupted as interrupted:
+        reporter.close()
+        # The temporaries are gone (medsaga.predict.temporaries); finished cases are whole files.
+        print(f"error: {out}: {interrupted}; the cases finished are written, no partial file is left (rerun "
+              "with --skip-existing to predict the rest)", file=sys.stderr)
+        raise typer.Exit(interrupted.exit_code) from None
     finally:
         reporter.close()
     from medsaga import distributed
 
     if not distributed.current().is_main:
         return
-    _print_table(outcome.results, out, outcome.world_size)
+    if outcome.results or not outcome.failures:
+        _print_table(outcome.results, out, outcome.world_size)
     if outcome.failures:
-        for failure in outcome.failures:
-            print(f"error: {failure.path}: case {failure.case_id} failed: {failure.reason}", file=sys.stderr)
-        print(f"error: {len(outcome.failures)} of {len(outcome.failures) + len(outcome.results)} case(s) failed; "
-              "the others are written (rerun with --skip-existing to predict only what is missing)", file=sys.stderr)
+        _print_failures(outcome.failures, written=len(outcome.results))
         raise typer.Exit(2)
+
+
+def _print_failures(failures: Sequence[CaseFailure], written: int) -> None:
+    """Each failed case once, one line naming its file; then how many were written, truthfully.
+
+    With a single case the count would only repeat the failure: its line says it instead.
+    """
+    if len(failures) == 1 and written == 0:
+        failure = failures[0]
+        print(f"error: {failure.path}: case {failure.case_id} failed: {failure.reason} (nothing was written)",
+              file=sys.stderr)
+        return
+    for failure in failures:
+        print(f"error: {failure.path}: case {failure.case_id} failed: {failure.reason}", file=sys.stderr)
+    total = len(failures) + written
+    if written == 0:
+        what = "none was written"
+    else:
+        what = (f"{written} {'was' if written == 1 else 'were'} written (rerun with --skip-existing to predict "
+                "only what is missing)")
+    print(f"error: {len(failures)} of {total} cases failed; {what}", file=sys.stderr)
 
 
 class _Reporter:
     """Rich progress on stderr: one bar over the volumes, one over the current volume's slices."""
 
-    def __init__(self) -> None:
+    def __init__(self, intro: str = "") -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.progress = None
         self.cases_task = None
         self.slices_task = None
+        self.intro = intro  # printed before the first message, then never again
+
+    def _say_intro(self) -> None:
+        if self.intro:
+            self.console.print(self.intro, markup=False)
+            self.intro = ""
 
     def info(self, message: str) -> None:
+        self._say_intro()
         self.console.print(message, markup=False)
 
     def warning(self, message: str) -> None:
+        self._say_intro()
         self.console.print(f"warning: {message}", markup=False)
 
     def on_start(self, cases: Sequence[PredictCase]) -> None:
+        self._say_intro()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
@@ -123,6 +173,7 @@ class _Reporter:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
 
 
 def _print_table(results: list[CaseResult], out: Path, world_size: int = 1) -> None:

@@ -58,7 +58,8 @@ def select(
                             cache_dir=None if no_cache else (cache_dir or default_cache_dir()), device=device,
                             force=force)
     with _Progress() as progress:
-        selection = run_select(options, progress.update)
+        selection = run_select(options, progress.update,
+                               warn=lambda warning: print(f"warning: {warning}", file=sys.stderr))
     console = Console() if sys.stdout.isatty() else Console(width=132)
     console.print(_pick_table(selection.document))
     document = selection.document

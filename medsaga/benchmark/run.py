@@ -125,7 +125,7 @@ def _plan(options: BenchmarkOptions) -> _Plan:
     from medsaga.model.build import check_image_size, check_model_type
     from medsaga.train.finetune import resolve_device
 
-    check_image_size(options.image_size)
+    check_image_size(options.image_size, "--image-size")
     check_model_type(options.model)
     for name, value in (("--batch-size", options.batch_size), ("--steps", options.steps),
                         ("--threads", options.threads)):

@@ -14,16 +14,24 @@ Layouts recognised, in this order:
 2. Plain pairs: ``case<ending>`` beside ``case_seg<ending>`` (also ``_label``, ``_mask``), or
    ``images/`` (or the folder itself) with a ``labels/`` subfolder holding the same file names.
    An optional ``dataset.json`` there declares channel and label names.
+
+Nothing is dropped silently: a file with an image ending that cannot be used (a broken or looping
+symbolic link, a label map without its image) is named in :attr:`Dataset.warnings` for the command
+to show; two files that claim one role (two images of one case, two label maps of one image) are
+an error naming both, since picking one would train on a guess.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from medsaga.errors import InputError
 
@@ -66,6 +74,9 @@ class Dataset:
             them (plain pairs without ``dataset.json``): then any non-negative integer is allowed.
         file_ending: the image/label file ending, e.g. ``".nii.gz"``.
         cases: the cases, sorted by id.
+        warnings: one line per file that was left out, each ``"PATH: why"`` (a broken or looping
+            symbolic link, a label map without an image); the library does not print them, the
+            command shows them.
     """
 
     root: Path
@@ -75,6 +86,7 @@ class Dataset:
     labels: dict[str, int] | None
     file_ending: str
     cases: tuple[CaseFiles, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def labelled_cases(self) -> tuple[CaseFiles, ...]:
@@ -124,7 +136,7 @@ def _discover_nnunet(root: Path) -> Dataset:
         raise InputError(f"file_ending must be a string like '.nii.gz', found {file_ending!r}", json_path)
 
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    image_files = _files_with_ending(images_dir, file_ending)
+    image_files, warnings = _usable_files(images_dir, lambda name: name.endswith(file_ending))
     if not image_files:
         raise InputError(_no_images_message(images_dir, file_ending), images_dir)
 
@@ -137,6 +149,14 @@ def _discover_nnunet(root: Path) -> Dataset:
             raise InputError(f"case {case_id} has two files for channel {channel}", path)
         channels_by_case[case_id][channel] = path
 
+    label_files, label_warnings = (_usable_files(labels_dir, lambda name: name.endswith(file_ending))
+                                   if labels_dir.is_dir() else ([], []))
+    warnings += label_warnings
+    labels_by_case = {path.name[: -len(file_ending)]: path for path in label_files}
+    for case_id, path in labels_by_case.items():
+        if case_id not in channels_by_case:
+            warnings.append(f"{path}: label map without an image (no imagesTr/{case_id}_XXXX{file_ending}); "
+                            "skipped")
     cases = []
     for case_id in sorted(channels_by_case):
         channels = channels_by_case[case_id]
@@ -146,11 +166,9 @@ def _discover_nnunet(root: Path) -> Dataset:
             raise InputError(
                 f"case {case_id} has channel files {found}; dataset.json declares {len(channel_names)} "
                 f"channel(s) ({', '.join(f'{c:04d}' for c in expected)})", images_dir)
-        label_path = labels_dir / f"{case_id}{file_ending}"
-        cases.append(CaseFiles(case_id, tuple(channels[c] for c in expected),
-                               label_path if label_path.is_file() else None))
+        cases.append(CaseFiles(case_id, tuple(channels[c] for c in expected), labels_by_case.get(case_id)))
     name = str(spec.get("name") or root.name)
-    return Dataset(root, "nnunet", name, channel_names, labels, file_ending, tuple(cases))
+    return Dataset(root, "nnunet", name, channel_names, labels, file_ending, tuple(cases), tuple(warnings))
 
 
 def _discover_pairs(root: Path) -> Dataset:
@@ -159,18 +177,27 @@ def _discover_pairs(root: Path) -> Dataset:
     image_dir = root / "images" if (root / "images").is_dir() else root
     label_dir = root / "labels" if (root / "labels").is_dir() else None
 
-    candidates = [p for p in sorted(image_dir.iterdir()) if p.is_file() and _ending(p)]
+    candidates, warnings = _usable_files(image_dir, lambda name: bool(_ending(Path(name))))
     label_stems = {_stem(p) for p in candidates if _stem(p).endswith(LABEL_SUFFIXES)}
     images = [p for p in candidates if _stem(p) not in label_stems]
+    label_files = [p for p in candidates if _stem(p) in label_stems]
+    if label_dir is not None:
+        in_label_dir, label_dir_warnings = _usable_files(label_dir, lambda name: bool(_ending(Path(name))))
+        label_files += in_label_dir
+        warnings += label_dir_warnings
     if not images:
         raise InputError(
             "no images found: expected imagesTr/ with dataset.json (nnU-Net layout), or image files "
             f"({', '.join(SUPPORTED_ENDINGS)}) with case_seg files or a labels/ folder", root)
     endings = {_ending(p) for p in images}
+    _refuse_duplicate_ids(images)
     cases = []
     for image in images:
         stem = _stem(image)
         cases.append(CaseFiles(stem, (image,), _find_label(image, stem, label_dir)))
+    paired = {case.label for case in cases}
+    warnings += [f"{path}: label map without an image (no {_image_stem(path)}{_ending(path)} beside it or in "
+                 f"{image_dir}); skipped" for path in label_files if path not in paired]
     channel_names = _channel_names(spec, json_path) if spec else ("unknown",)
     if len(channel_names) != 1:
         raise InputError("plain image/label pairs hold one channel per case; use the nnU-Net layout "
@@ -178,20 +205,75 @@ def _discover_pairs(root: Path) -> Dataset:
     labels = parse_labels(spec, json_path) if spec.get("labels") is not None else None
     file_ending = endings.pop() if len(endings) == 1 else "mixed"
     name = str(spec.get("name") or root.name)
-    return Dataset(root, "pairs", name, channel_names, labels, file_ending, tuple(cases))
+    return Dataset(root, "pairs", name, channel_names, labels, file_ending, tuple(cases), tuple(warnings))
+
+
+def _refuse_duplicate_ids(images: list[Path]) -> None:
+    """Two images of one case id (``c0.nii.gz`` and ``c0.nrrd``): an error naming both."""
+    first: dict[str, Path] = {}
+    for image in images:
+        other = first.setdefault(_stem(image), image)
+        if other is not image:
+            raise InputError(f"case '{_stem(image)}' has two images, this and {other}: keep one (or rename one "
+                             "to another case id)", image)
 
 
 def _find_label(image: Path, stem: str, label_dir: Path | None) -> Path | None:
+    """The one label map of ``image``: in ``label_dir`` (same name, or with a label suffix) or beside it.
+
+    Raises:
+        InputError: more than one file matches (``c1_seg`` and ``c1_label``), naming both.
+    """
     ending = _ending(image)
+    candidates = []
     if label_dir is not None:
-        for candidate_stem in (stem, *(stem + suffix for suffix in LABEL_SUFFIXES)):
-            candidate = label_dir / f"{candidate_stem}{ending}"
-            if candidate.is_file():
-                return candidate
+        candidates += [label_dir / f"{candidate_stem}{ending}"
+                       for candidate_stem in (stem, *(stem + suffix for suffix in LABEL_SUFFIXES))]
+    candidates += [image.with_name(f"{stem}{suffix}{ending}") for suffix in LABEL_SUFFIXES]
+    found = [candidate for candidate in candidates if candidate.is_file()]
+    if len(found) > 1:
+        raise InputError(f"case '{stem}' has two label maps, this and {found[0]}: keep one", found[1])
+    return found[0] if found else None
+
+
+def _image_stem(label: Path) -> str:
+    """The case id a label file names: ``c1_seg.nii.gz`` → ``c1`` (a labels/ file without suffix: itself)."""
+    stem = _stem(label)
     for suffix in LABEL_SUFFIXES:
-        candidate = image.with_name(f"{stem}{suffix}{ending}")
-        if candidate.is_file():
-            return candidate
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _usable_files(folder: Path, wanted: Callable[[str], bool]) -> tuple[list[Path], list[str]]:
+    """The readable files in ``folder`` whose name is ``wanted`` (hidden names never), sorted; and one
+    warning ``"PATH: why; skipped"`` for each wanted name that is no readable file (a broken or
+    looping symbolic link, a folder)."""
+    files: list[Path] = []
+    warnings: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not wanted(path.name):
+            continue
+        problem = _not_a_file(path)
+        if problem is None:
+            files.append(path)
+        else:
+            warnings.append(f"{path}: {problem}; skipped")
+    return files, warnings
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file one can read (following links), or ``None`` when it is."""
+    try:
+        status = path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if path.is_symlink():
+            return f"a broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return f"cannot be read ({error.strerror or error})"
+    if not stat.S_ISREG(status.st_mode):
+        return "not a file"
     return None
 
 
@@ -249,11 +331,6 @@ def parse_labels(spec: dict[str, Any], path: Path) -> dict[str, int]:
                                  path)
             labels[name if i == 0 else f"{name}[{member}]"] = member
     return labels
-
-
-def _files_with_ending(folder: Path, ending: str) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(ending)
-                  and not p.name.startswith("."))
 
 
 def _no_images_message(folder: Path, ending: str) -> str:

@@ -22,7 +22,7 @@ from medsaga import __version__
 from medsaga.evaluate.metrics import HD_PERCENTILE, ClassMetrics
 from medsaga.evaluate.run import Evaluation
 from medsaga.evaluate.summary import ClassSummary, mean_over_classes
-from medsaga.io.atomic import atomic_output
+from medsaga.io.atomic import atomic_output, write_errors
 
 CSV_NAME = "metrics.csv"
 JSON_NAME = "metrics.json"
@@ -83,7 +83,8 @@ def json_document(evaluation: Evaluation, prediction: Path, reference: Path,
 def write_outputs(out: Path, evaluation: Evaluation, prediction: Path, reference: Path,
                   extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``out/metrics.csv`` and ``out/metrics.json`` (each atomically); return their paths."""
-    out.mkdir(parents=True, exist_ok=True)
+    with write_errors(out):  # disk full, read-only: one line naming OUT (atomic_output does the same per file)
+        out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / CSV_NAME, out / JSON_NAME
     with atomic_output(csv_path) as temporary:
         temporary.write_text(csv_text(evaluation), encoding="utf-8")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from medsaga.errors import InputError
+from medsaga.io.guards import check_voxel_buffer
 from medsaga.io.volume import SourceInfo, Volume, lps_to_ras
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def read_itk(path: Path) -> Volume:
     format_name = "mha" if path.suffix.lower() in (".mha", ".mhd") else "nrrd"
     try:
         with quiet_itk():
+            _check_claimed_size(path)
             image = sitk.ReadImage(str(path))
             array = sitk.GetArrayFromImage(image)
     except RuntimeError as error:
@@ -60,6 +62,23 @@ def read_itk(path: Path) -> Volume:
     }
     return Volume(array_from_itk(array), affine_from_itk(image),
                   SourceInfo(path=path, format=format_name, metadata=metadata))
+
+
+def _check_claimed_size(path: Path) -> None:
+    """Refuse, from the header alone, an image whose voxel buffer would exceed the available memory.
+
+    ITK allocates the buffer its header claims before reading a byte of data, so a corrupt header
+    would get the process killed. The file size is not compared: NRRD and MetaImage data may be
+    compressed or detached (.nhdr, .mhd), and only the memory check is cheap for every encoding.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()  # header only; raises RuntimeError as ReadImage would
+    # The numpy type of one voxel of this pixel type, from a 1-voxel image (vector types: per component).
+    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).dtype.itemsize
+    check_voxel_buffer(reader.GetSize(), itemsize * reader.GetNumberOfComponents(), path)
 
 
 def array_from_itk(array_kji: np.ndarray) -> np.ndarray:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from math import prod
 from pathlib import Path
 
 import numpy as np
 
 from medsaga.errors import InputError
+from medsaga.io.formats import format_suffix
+from medsaga.io.guards import check_voxel_buffer
 from medsaga.io.volume import SourceInfo, Volume
 
 
@@ -20,7 +23,11 @@ def read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
+        image = nib.load(str(path))  # the header only: the voxels are read below
+    except Exception as error:  # nibabel raises many types for corrupt/truncated files
+        raise InputError(f"cannot read as NIfTI ({_short(error)})", path) from None
+    _check_claimed_size(image, Path(path))
+    try:
         # Read the voxels here, inside the try: a truncated .nii.gz only fails when decompressed.
         array = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for corrupt/truncated files
@@ -37,6 +44,26 @@ def read_nifti(path: Path) -> Volume:
         raise InputError(f"expected a 3-D volume, found shape {array.shape}", path)
     header = image.header.copy()
     return Volume(np.asarray(array), image.affine, SourceInfo(path=Path(path), format="nifti", nifti_header=header))
+
+
+def _check_claimed_size(image: object, path: Path) -> None:
+    """Refuse a header that claims more voxels than the file or the memory holds, before reading.
+
+    An uncompressed ``.nii`` must hold ``vox_offset`` + the raw voxels: compared with its size. A
+    ``.nii.gz`` would have to be decompressed to learn its size; there the buffer is only compared
+    with the available memory (a short stream then fails cleanly while decompressing).
+    """
+    header = image.header  # type: ignore[attr-defined]
+    shape = header.get_data_shape()
+    stored_dtype = np.dtype(header.get_data_dtype())
+    slope, inter = header.get_slope_inter()
+    scaled = (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0)
+    # Scaled voxels come back as floats (scl_slope is float32): int16 → float32, int32 → float64.
+    itemsize = (np.result_type(stored_dtype, np.float32).itemsize if scaled and stored_dtype.kind in "iub"
+                else stored_dtype.itemsize)
+    compressed = format_suffix(path) == ".nii.gz"
+    stored = None if compressed else int(header.get_data_offset()) + prod(shape) * stored_dtype.itemsize
+    check_voxel_buffer(shape, itemsize, path, stored_bytes=stored)
 
 
 def _short(error: BaseException) -> str:

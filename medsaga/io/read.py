@@ -7,6 +7,7 @@ from pathlib import Path
 from medsaga.errors import InputError
 from medsaga.io.formats import (DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, READABLE, format_suffix,
                                 has_dicom_preamble)
+from medsaga.io.guards import check_geometry
 from medsaga.io.volume import Volume
 
 
@@ -24,10 +25,22 @@ def read_volume(path: str | Path, series_uid: str | None = None, *,
       ``reference`` (see :func:`~medsaga.io.dicom_seg.read_dicom_seg`; ``None`` searches next to it);
     - a single DICOM image file: refused, with the folder to pass instead.
 
+    Every format then passes one geometry check (:func:`~medsaga.io.guards.check_geometry`): an
+    affine that cannot locate the voxels (all zeros, NaN, parallel axes) is refused here, naming the
+    file, rather than failing later in slicing, orientation codes or evaluation.
+
     Raises:
-        InputError: the path is missing, of an unknown kind, unreadable, or not a 3-D scalar image.
+        InputError: the path is missing, of an unknown kind, unreadable, not a 3-D scalar image,
+            larger than its file or the memory can hold, or without usable geometry.
     """
     path = Path(path).expanduser()
+    volume = _read_any(path, series_uid, reference)
+    check_geometry(volume, path)
+    return volume
+
+
+def _read_any(path: Path, series_uid: str | None, reference: str | Path | Volume | None) -> Volume:
+    """The reader ``path`` calls for (see :func:`read_volume`)."""
     if not path.exists():
         raise InputError("file not found" if path.suffix else "no such file or folder", path)
     if path.is_dir():

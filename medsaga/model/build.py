@@ -17,8 +17,8 @@ mean/std). Everything around the image encoder is the official construction for 
   that SAM's own ``preprocess`` would map 0..255 to [0, 1]; medsaga normalises through
   :mod:`medsaga.model.backbone`).
 
-The input size may be any positive multiple of 16 (256, 512 and 1024 are the usual ones; LiteMedSAM
-was trained at 256); the image embedding is then ``(S/16, S/16)`` (``(S/4, S/4)`` for LiteMedSAM)
+The input size may be any positive multiple of 16 up to 4096 (256, 512 and 1024 are the usual ones;
+LiteMedSAM was trained at 256); the image embedding is then ``(S/16, S/16)`` (``(S/4, S/4)`` for LiteMedSAM)
 and the decoder's low-resolution masks four times finer. Nothing here reads a file: weights come
 from :mod:`medsaga.model.checkpoint`.
 """
@@ -86,6 +86,9 @@ LITEMEDSAM_IMAGE_SIZE = 256  # the size LiteMedSAM was trained (distilled) at
 LITEMEDSAM_PIXEL_MEAN = (0.0, 0.0, 0.0)
 LITEMEDSAM_PIXEL_STD = (255.0, 255.0, 255.0)
 VIT_DEFAULT_IMAGE_SIZE = 512  # finetune's default for the ViTs: SAMed/MedSAGa train at 512
+# Four times the official 1024: a global-attention block at 4096 px already holds a (65536 x 65536)
+# attention matrix per head. Larger sizes only fail later, in an allocation, after the run folder exists.
+MAX_IMAGE_SIZE = 4096
 
 
 def model_types() -> tuple[str, ...]:
@@ -114,12 +117,16 @@ def encoder_spec(model_type: str) -> EncoderSpec:
         raise InputError(f"{model_type} has no ViT image encoder") from None
 
 
-def check_image_size(image_size: int) -> int:
-    """Return ``image_size`` if the ViT can take it: a positive multiple of the 16-pixel patch."""
+def check_image_size(image_size: int, option: str = "image size") -> int:
+    """Return ``image_size`` if the models can take it: a positive multiple of the 16-pixel patch, at
+    most :data:`MAX_IMAGE_SIZE`. ``option`` names it in the error (``--image-size`` from a command)."""
     # numbers.Integral admits numpy integers (sizes read from arrays or configs); bool is refused.
     if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size <= 0 \
             or image_size % PATCH_SIZE:
-        raise InputError(f"image size {image_size!r} is not a positive multiple of {PATCH_SIZE} "
+        raise InputError(f"{option} {image_size!r} is not a positive multiple of {PATCH_SIZE} "
+                         "(use 256, 512 or 1024)")
+    if image_size > MAX_IMAGE_SIZE:
+        raise InputError(f"{option} {image_size} is more than {MAX_IMAGE_SIZE}, the largest input medsaga builds "
                          "(use 256, 512 or 1024)")
     return int(image_size)
 

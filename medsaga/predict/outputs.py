@@ -26,7 +26,7 @@ import numpy as np
 
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
-from medsaga.io.paths import same_path
+from medsaga.io.paths import ensure_writable_folder, same_path
 from medsaga.io.volume import Volume
 from medsaga.predict.inputs import PredictCase
 
@@ -54,12 +54,11 @@ def plan_outputs(cases: Sequence[PredictCase], out: str | Path, *, probabilities
     caller, :func:`is_complete`; one with only some, interrupted between two files, is redone).
 
     Raises:
-        InputError: OUT is a file or one of the input folders; an output would replace an input
+        InputError: OUT is a file, not writable, or one of the input folders; an output would replace an input
             (never allowed); an output exists and neither ``force`` nor ``skip_existing`` is set.
     """
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError("exists and is not a folder; --out takes a folder", out)
+    # A file, read-only or full: one line now, before the model is loaded (the shared check).
+    out = ensure_writable_folder(out, "--out", keep=False)
     inputs = [image for case in cases for image in case.images]
     for image in inputs:
         # A SEG written into the series folder would become part of what that folder holds.

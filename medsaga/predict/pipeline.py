@@ -29,8 +29,10 @@ from medsaga.io.volume import Volume
 from medsaga.predict.dicom_seg import (SEG_TYPES, Segment, dicom_seg_problem, dicom_seg_substitutions,
                                       write_dicom_seg)
 from medsaga.predict.inputs import PredictCase, find_cases
-from medsaga.predict.outputs import CaseOutputs, is_complete, plan_outputs, write_probabilities
+from medsaga.predict.outputs import (PROBABILITIES_FOLDER, CaseOutputs, is_complete, plan_outputs,
+                                     write_probabilities)
 from medsaga.predict.run import RunConfig, TrainedRun, load_model, read_run_config, verify_checkpoint
+from medsaga.predict.temporaries import interruptible, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from medsaga.predict.infer import Prediction
@@ -135,17 +137,34 @@ def predict(options: PredictOptions, reporter: PredictReporter) -> PredictOutcom
     cases = find_cases(options.inputs, config.channel_names)
     plans = plan_outputs(cases, options.out, probabilities=options.probabilities, force=options.force,
                          skip_existing=options.skip_existing)
+    # From here on SIGINT/SIGTERM unwind (every atomic write removes its temporary) and the
+    # temporaries of this process's outputs are swept on the way out: see medsaga.predict.temporaries.
+    started = time.time()
+    own_outputs: list[Path] = []  # filled once this process knows its cases
+    with interruptible(own_outputs, started):
+        return _predict(options, config, cases, plans, reporter, started, own_outputs)
 
+
+def _predict(options: PredictOptions, config: RunConfig, cases: list[PredictCase], plans: dict[str, CaseOutputs],
+             reporter: PredictReporter, started: float, own_outputs: list[Path]) -> PredictOutcome:
+    """:func:`predict` after the checks: the model, then the cases one by one."""
     from medsaga.train.finetune import resolve_device, resolve_precision
 
     rank = distributed.init_from_environment(options.device)
     if not rank.is_main:
         reporter = _QuietReporter()
+    else:
+        out = Path(options.out).expanduser()
+        stale = remove_stale_temporaries([out, out / PROBABILITIES_FOLDER, *(path.parent for plan in plans.values()
+                                                                            for path in plan.paths())], started)
+        if stale:
+            reporter.info(f"removed {len(stale)} temporary file(s) left in {out} by an interrupted run")
     device = distributed.device_for(rank, resolve_device(options.device))
     precision = resolve_precision(options.precision, device)
     skipped = [case.case_id for case in cases if options.skip_existing and is_complete(plans[case.case_id])]
     todo = [case for case in cases if case.case_id not in skipped]
     mine = todo[rank.rank::rank.world_size]  # round robin: neighbouring cases of a cohort are alike in size
+    own_outputs.extend(path for case in mine for path in plans[case.case_id].paths())
 
     # --- the model (hashes the base checkpoint first) --------------------------------------------
     checkpoint = verify_checkpoint(config, options.checkpoint)
@@ -163,9 +182,8 @@ def predict(options: PredictOptions, reporter: PredictReporter) -> PredictOutcom
         try:
             results.append(_predict_case(run, case, plans[case.case_id], options, reporter, rank.rank))
         except Exception as error:  # noqa: BLE001 -- one bad scan must not stop a cohort
-            failure = _failure(case, error, rank.rank)
-            failures.append(failure)
-            reporter.warning(f"{failure.path}: case {case.case_id} failed: {failure.reason}")
+            # Recorded, not reported here: the command prints each failure once, rank 0 for all ranks.
+            failures.append(_failure(case, error, rank.rank))
     order = {case.case_id: index for index, case in enumerate(cases)}
     results = sorted((r for part in distributed.gather_objects(results) for r in part), key=lambda r: order[r.case_id])
     failures = sorted((f for part in distributed.gather_objects(failures) for f in part),
@@ -184,7 +202,8 @@ def _failure(case: PredictCase, error: Exception, rank: int) -> CaseFailure:
 
 
 class _QuietReporter:
-    """What a rank other than 0 shows: its failures only (rank 0 shows the progress and the table)."""
+    """What a rank other than 0 shows: its warnings only (rank 0 shows the progress, the table and
+    every rank's failures)."""
 
     def info(self, message: str) -> None:
         pass

@@ -34,7 +34,7 @@ import torch
 from medsaga.data.resize import letterbox_images
 from medsaga.data.slices import volume_to_slices
 from medsaga.data.slicing import plane_spacing, slice_geometry
-from medsaga.io.atomic import atomic_output
+from medsaga.io.atomic import atomic_output, write_errors
 from medsaga.io.volume import Volume
 
 DESCRIPTOR_VERSION = 1
@@ -178,7 +178,8 @@ class ScanEmbedder:
             return
         from safetensors.numpy import save_file
 
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with write_errors(self.cache_dir):  # a failed write: one line naming it (atomic_output does the same)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.cache_dir / f"{key}.safetensors") as temporary:
             save_file({"descriptor": np.ascontiguousarray(descriptor)}, str(temporary),
                       metadata={"settings": json.dumps(asdict(self.settings)),

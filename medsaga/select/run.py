@@ -78,16 +78,20 @@ class Selection:
 Progress = Callable[[int, int, str, bool], None]
 
 
-def select(options: SelectOptions, progress: Progress | None = None) -> Selection:
-    """Run the selection (module docstring)."""
+def select(options: SelectOptions, progress: Progress | None = None,
+           warn: Callable[[str], None] | None = None) -> Selection:
+    """Run the selection (module docstring); ``warn`` hears each file the dataset dropped."""
     from medsaga.data.dataset import discover_dataset
     from medsaga.data.slicing import check_plane
     from medsaga.io import read_volume
-    from medsaga.io.paths import check_owned_folder
+    from medsaga.io.paths import check_owned_folder, ensure_writable_folder
+    from medsaga.model.build import check_image_size
     from medsaga.select.embed import scan_facts
     from medsaga.select.pick import RULES, pairwise_distances, pick
 
     dataset = discover_dataset(options.folder)
+    for warning in dataset.warnings if warn is not None else ():
+        warn(warning)
     scans = dataset.cases
     if isinstance(options.shots, bool) or options.shots < 1:
         raise InputError(f"--shots must be at least 1, got {options.shots}")
@@ -95,10 +99,16 @@ def select(options: SelectOptions, progress: Progress | None = None) -> Selectio
         raise InputError(f"--shots {options.shots} is more than the {len(scans)} scans found", dataset.root)
     if options.rule not in RULES:
         raise InputError(f"unknown --rule {options.rule!r}; choose one of: {', '.join(RULES)}")
+    if options.image_size is not None:
+        check_image_size(options.image_size, option="--image-size")
     if options.slices < 1:
         raise InputError(f"--slices must be at least 1, got {options.slices}")
     check_plane(options.plane)
-    check_owned_folder(options.out, force=options.force, marker=SELECTION_FILE, kind="selection", data=dataset.root)
+    check_owned_folder(options.out, force=options.force, kind="selection",
+                       inputs={"the input folder": dataset.root, "the --checkpoint": options.checkpoint,
+                               "the --cache-dir": options.cache_dir})
+    if options.cache_dir is not None:  # created now: the descriptors are written scan by scan
+        ensure_writable_folder(options.cache_dir, "--cache-dir")
     embedder, model_info = _embedder(options, dataset)
 
     started = time.perf_counter()
@@ -223,18 +233,20 @@ def _write_outputs(options: SelectOptions, document: dict[str, Any], descriptors
                    picks: Any) -> None:
     from medsaga.evaluate.png import write_png
     from medsaga.io.atomic import atomic_output
-    from medsaga.io.paths import prepare_owned_folder
+    from medsaga.io.paths import new_owned_folder
     from medsaga.select.cohort_map import principal_plane, render_cohort_map
 
     coordinates, explained = principal_plane(descriptors)
     document["map_explained_variance"] = [round(float(v), 4) for v in explained]
     out = options.out
-    prepare_owned_folder(out)
     image = render_cohort_map(coordinates, explained, case_ids, [int(i) for i in picks.indices], picks.nearest_pick,
                               f"medsaga select: {options.shots} of {len(case_ids)} scans ({options.rule})")
-    with atomic_output(out / MAP_FILE) as temporary:
-        write_png(temporary, image)
-    with atomic_output(out / CASES_FILE) as temporary:
-        temporary.write_text(",".join(document["cases"]) + "\n", encoding="utf-8")
-    with atomic_output(out / SELECTION_FILE) as temporary:
-        temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    # A previous selection replaced with --force is deleted only once all three files are written,
+    # and put back if any write fails.
+    with new_owned_folder(out, "selection"):
+        with atomic_output(out / MAP_FILE) as temporary:
+            write_png(temporary, image)
+        with atomic_output(out / CASES_FILE) as temporary:
+            temporary.write_text(",".join(document["cases"]) + "\n", encoding="utf-8")
+        with atomic_output(out / SELECTION_FILE) as temporary:
+            temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -27,9 +27,10 @@ from medsaga.data.slices import MODES
 from medsaga.data.slicing import check_plane
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
-from medsaga.io.paths import check_owned_folder, prepare_owned_folder
+from medsaga.io.paths import check_owned_folder, ensure_writable_folder, new_owned_folder
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
 from medsaga.methods.base import encoder_backbone
+from medsaga.option_checks import check_fraction, check_int, check_non_negative, check_positive
 from medsaga.model.backbone import backbone_for_model, backbone_of
 from medsaga.model.build import LITEMEDSAM, check_image_size, check_model_type, default_image_size
 from medsaga.train.allocator import malloc_wanted, tune_malloc
@@ -40,12 +41,18 @@ from medsaga.train.embedding_cache import (DEFAULT_VIEWS, available_memory_bytes
 from medsaga.plan.run import gpu_memory_bytes
 from medsaga.train.memory_profile import LEAN, MemoryProfile, resolve_memory_profile
 from medsaga.train.loop import LoopSettings, SilentObserver, TrainingObserver, TrainResult, train
+from medsaga.train.resume import check_resumable
 from medsaga.train.shots import CaseSplit, choose_cases
+from medsaga.train.time_budget import StepBudget, parse_duration
 from medsaga.train.validation import SliceDiceValidator
 
 CONFIG_FILE = "config.json"
 REPORT_FILE = "report.json"
 DEFAULT_EPOCHS = 10
+# The model when neither --model nor --checkpoint is given: the installed pretrained LiteMedSAM.
+DEFAULT_MODEL = LITEMEDSAM
+# The loop's upper bound on the steps of a --time-budget run, until the budget fixes the total.
+BUDGET_STEP_LIMIT = 10**9
 # The image encoder's attention: "fast" skips the work on window padding (exact, see
 # medsaga.model.fast_attention); "sam" is segment-anything's own padded-window attention.
 ATTENTIONS = ("fast", "sam")
@@ -91,6 +98,7 @@ class FinetuneOptions:
     cache_dtype: str = "fp32"
     attention: str = "fast"
     gpu_memory: str | None = None  # e.g. "12GiB": plan the run's peak first and refuse if it does not fit
+    time_budget: str | None = None  # e.g. "20m": train for this wall-clock time (medsaga.train.time_budget)
     force: bool = False
 
 
@@ -154,19 +162,20 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
     ``world_size``: the processes that will share each global batch (``medsaga finetune --nproc``
     calls this before it launches them, so bad input stops with one line, not N tracebacks).
     """
-    if options.image_size is not None:
-        check_image_size(options.image_size)
+    _check_numbers(options)
+    if resume:  # a missing or tampered checkpoint: one line now, not after every case is read
+        check_resumable(options.out, total_steps=options.steps)
     check_plane(options.plane)
     if options.slice_mode is not None and options.slice_mode not in MODES:
         raise InputError(f"--slice-mode must be one of {', '.join(MODES)}, got {options.slice_mode!r}")
-    for name, value in (("--batch-size", options.batch_size), ("--grad-accum", options.grad_accum)):
-        if value < 1:
-            raise InputError(f"{name} must be at least 1, got {value}")
+    if options.time_budget is not None:
+        parse_duration(options.time_budget)
+        if options.epochs is not None or options.steps is not None:
+            raise InputError("give --time-budget or --steps/--epochs, not both: the budget sets the steps")
+        if world_size > 1 or distributed.current().distributed:  # each rank's clock would fix its own total
+            raise InputError("--time-budget trains in one process: leave out --nproc / torchrun")
     if options.epochs is not None and options.steps is not None:
         raise InputError("give --epochs or --steps, not both")
-    for name, count in (("--epochs", options.epochs), ("--steps", options.steps)):
-        if count is not None and count < 1:
-            raise InputError(f"{name} must be at least 1, got {count}")
     if options.attention not in ATTENTIONS:
         raise InputError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {options.attention!r}")
     if options.batch_size % world_size:
@@ -188,14 +197,41 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
     mapping = label_mapping(dataset)
     split = choose_cases(dataset, options.shots, options.seed, cases=options.cases, val=options.val)
     options = _resolve_weights(options)
-    if not resume:
-        check_owned_folder(options.out, force=options.force, marker=CONFIG_FILE, kind="run", data=dataset.root,
+    if not distributed.current().is_main:
+        pass  # rank 0 alone checks and makes the run folder: by the time another rank looks, it exists
+    elif not resume:
+        check_owned_folder(options.out, force=options.force, kind="run", inputs=_input_paths(options, dataset),
                            resume_hint=", or --resume to continue it")
+    else:  # the checkpoints and the report go on into it
+        ensure_writable_folder(options.out, "--resume")
     return CheckedInputs(options, device, precision, gpu_memory, profile, method, dataset, mapping, split)
 
 
-def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False) -> FinetuneOutcome:
+def _check_numbers(options: FinetuneOptions) -> None:
+    """The numeric options' ranges (:mod:`medsaga.option_checks`): one line naming the option and the
+    value. NaN, infinities and negative rates would otherwise train (to NaN weights) and exit 0."""
+    if options.image_size is not None:
+        check_image_size(options.image_size, "--image-size")
+    for name, count in (("--batch-size", options.batch_size), ("--grad-accum", options.grad_accum),
+                        ("--epochs", options.epochs), ("--steps", options.steps)):
+        if count is not None:
+            check_int(name, count, at_least=1)
+    # The seed feeds numpy's default_rng, which refuses negative seeds (a traceback in the first step).
+    check_int("--seed", options.seed, at_least=0)
+    check_int("--checkpoint-every", options.checkpoint_every, at_least=0)
+    for name, rate in (("--lr", options.lr), ("--decoder-lr", options.decoder_lr)):
+        if rate is not None:
+            check_positive(name, rate)
+    if options.weight_decay is not None:
+        check_non_negative("--weight-decay", options.weight_decay)
+    check_fraction("--warmup", options.warmup_fraction)
+    check_non_negative("--empty-ratio", options.empty_ratio)
+
+
+def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False,
+             clock: Callable[[], float] = time.perf_counter) -> FinetuneOutcome:
     """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
+    run_started = clock()  # a --time-budget counts from here: reading and the cache are part of the wait
     rank = distributed.init_from_environment(options.device)
     if not rank.is_main:
         reporter = SilentReporter()
@@ -204,6 +240,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     options, device, precision, gpu_memory = checked.options, checked.device, checked.precision, checked.gpu_memory
     profile, method, dataset, mapping, split = (checked.profile, checked.method, checked.dataset, checked.mapping,
                                                 checked.split)
+    for warning in dataset.warnings:
+        reporter.info(f"warning: {warning}")
     model_type = options.model
 
     # --- the model (reads the checkpoint: a clear error if it is the wrong kind) ---------------
@@ -243,18 +281,21 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                   + (f"; validation ({len(split.val)}): {', '.join(split.val)}" if split.val else ""))
     if options.checkpoint is None:
         why = "--random-init" if options.random_init else "no --checkpoint"
-        reporter.info(f"model {model_type} with random weights ({why}): fine for tests and benchmarks, not for "
+        reporter.info(f"model {model_type} at {options.image_size} px with random weights ({why}): fine for tests "
+                      "and benchmarks, not for "
                       "real segmentation")
     elif checkpoint_info is not None and checkpoint_info.get("packaged"):
-        reporter.info(f"model {model_type} from {checkpoint_info['packaged']} ({Path(checkpoint_info['path']).name}, "
-                      f"SHA-256 verified)")
-    if not resume and rank.is_main:
-        prepare_owned_folder(options.out)
-    distributed.barrier()  # the run folder exists (and a resumed one is untouched) before any rank goes on
+        reporter.info(f"model {model_type} at {options.image_size} px from {checkpoint_info['packaged']} "
+                      f"({Path(checkpoint_info['path']).name}, SHA-256 verified)")
 
     slices_per_step = options.batch_size * options.grad_accum
     steps = options.steps if options.steps is not None else math.ceil(
         (options.epochs or DEFAULT_EPOCHS) * len(data) / slices_per_step)
+    time_budget, budget_record = _time_budget(options, resume, clock, run_started)
+    if budget_record is not None:  # resumed: the total its budget fixed
+        steps = budget_record["resolved_steps"]
+    elif time_budget is not None:  # an upper bound until the budget fixes the total
+        steps = BUDGET_STEP_LIMIT
     cache_views = effective_views(options.cache_views, options.augment)
     encoder, backbone = encoder_backbone(model)
     cache_bytes = len(data) * cache_views * cache_entry_bytes(
@@ -272,7 +313,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                         lr=lr, decoder_lr=decoder_lr,
                         weight_decay=options.weight_decay if options.weight_decay is not None
                         else method.default_weight_decay,
-                        warmup_steps=int(round(options.warmup_fraction * steps)), seed=options.seed,
+                        warmup_steps=0 if time_budget is not None else budget_record["warmup_steps"]
+                        if budget_record is not None else int(round(options.warmup_fraction * steps)),
+                        seed=options.seed,
                         precision=precision, activation_checkpointing=profile.activation_checkpointing,
                         checkpoint_every=options.checkpoint_every, cache_views=cache_views,
                         cache_dtype=options.cache_dtype, fast_attention=options.attention == "fast")
@@ -284,9 +327,19 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
                      checkpoint_info, device, len(data), cache, memory_profile)
     if not resume and rank.is_main:
-        _write_json(options.out / CONFIG_FILE, config)
-    reporter.info(f"{len(data)} training slices, {steps} steps of {slices_per_step} slices "
-                  f"({steps * slices_per_step / len(data):.1f} epochs), {method.name}, lr {lr:g}"
+        # The run folder is made with its first output: a previous run it replaces (--force) is
+        # deleted only once config.json is written, and put back if that fails.
+        with new_owned_folder(options.out, "run"):
+            _write_json(options.out / CONFIG_FILE, config)
+    distributed.barrier()  # the run folder exists (and a resumed one is untouched) before any rank goes on
+    if time_budget is not None:
+        time_budget.on_resolved = _record_budget(options.out / CONFIG_FILE, config, rank.is_main, reporter)
+        reporter.info(f"time budget {time_budget.seconds:g} s: the steps are fixed after timing the first "
+                      f"{time_budget.probe_steps}, so that training ends within it")
+    reporter.info(f"{len(data)} training slices, "
+                  + (f"steps of {slices_per_step} slices, " if time_budget is not None else
+                     f"{steps} steps of {slices_per_step} slices ({steps * slices_per_step / len(data):.1f} epochs), ")
+                  + f"{method.name}, lr {lr:g}"
                   + (f" (the method's {method.default_lr:g}, capped for this encoder)"
                      if options.lr is None and lr != method.default_lr else "")
                   + (f", decoder lr {decoder_lr:g}" if decoder_lr is not None else "")
@@ -294,6 +347,10 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     reporter.info(profile.describe())
     for note in profile.notes:
         reporter.info(note)
+    if time_budget is None and not resume and not rank.distributed:  # a budget says the time itself
+        from medsaga.train.time_estimate import estimate_run
+
+        reporter.info(estimate_run(model, data, loop, method, device).describe())
     if cache_views:
         reporter.info(f"embedding cache: {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "
                       f"(view 0 unaugmented) through the frozen {cache['frozen_module']} once, then every step "
@@ -311,14 +368,15 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
 
     # --- train ------------------------------------------------------------------------------------
     result = train(model, method, data, loop, options.out, reporter, Augmenter(augment, options.seed),
-                   device=device, resume=resume, validator=validator)
+                   device=device, resume=resume, validator=validator, time_budget=time_budget)
     result.total_parameters = base_parameters
     if rank.is_main:
         save_trained(method, model.cpu(), options.out)
     report = {"medsaga_version": __version__, "method": method.name, "device": str(device),
               "precision": precision, "model_type": model_type, "image_size": options.image_size,
               "cache_embeddings": bool(cache_views), "memory_profile": memory_profile, "memory_plan": memory_plan,
-              "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json()}
+              "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json(),
+              "time_budget": time_budget.describe() if time_budget is not None else budget_record}
     if rank.is_main:
         _write_json(options.out / REPORT_FILE, report)
     distributed.barrier()  # no rank returns (and, in a test, reads the folder) before rank 0 wrote it
@@ -376,6 +434,7 @@ def default_learning_rate(method: TuningMethod, model: Any) -> float:
 def _resolve_weights(options: FinetuneOptions) -> FinetuneOptions:
     """The model type, base checkpoint and input size a run starts from (cheap checks only).
 
+    Neither ``--model`` nor ``--checkpoint``: ``--model`` :data:`DEFAULT_MODEL` (LiteMedSAM).
     ``--model litemedsam`` without ``--checkpoint`` takes the installed LiteMedSAM weights (verified
     by size and SHA-256; an :class:`InputError` naming the pip command when they are not installed);
     ``--random-init`` builds the architecture with random weights instead. The input size defaults
@@ -388,8 +447,9 @@ def _resolve_weights(options: FinetuneOptions) -> FinetuneOptions:
     if options.random_init and options.checkpoint is not None:
         raise InputError("--random-init builds random weights: it does not take --checkpoint")
     if options.checkpoint is None and options.model is None:
-        raise InputError("give --checkpoint PATH (official SAM/MedSAM weights) or --model (litemedsam: the installed "
-                         "LiteMedSAM weights; tiny, vit_b...: random weights)")
+        # Neither given: the pretrained medical SAM that installs with medsaga (as TotalSegmentator
+        # uses its own weights untold); its absence is the one-line pip command below.
+        options = replace(options, model=DEFAULT_MODEL)
     if options.model is not None:
         check_model_type(options.model)
     checkpoint = options.checkpoint
@@ -478,6 +538,46 @@ def _cache_config(options: FinetuneOptions, model: Any, method: TuningMethod, vi
     return {"mode": options.cache_embeddings, "enabled": bool(views), "views": views,
             "dtype": options.cache_dtype if views else None,
             "frozen_module": frozen_module_name(model, method) if views else None}
+
+
+def _time_budget(options: FinetuneOptions, resume: bool, clock: Callable[[], float],
+                 started: float) -> tuple[StepBudget | None, dict[str, Any] | None]:
+    """A new run's :class:`StepBudget` (its clock started at ``started``), or, resuming a budgeted
+    run, the ``time_budget`` its config.json recorded (the total is kept, not timed again)."""
+    if options.time_budget is None:
+        return None, None
+    if not resume:
+        return StepBudget(parse_duration(options.time_budget), warmup_fraction=options.warmup_fraction, clock=clock,
+                          started=started), None
+    path = options.out / CONFIG_FILE
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("time_budget") or {}
+    if not recorded.get("resolved_steps"):
+        raise InputError("this --time-budget run stopped before its steps were fixed: start it again", path)
+    return None, recorded
+
+
+def _record_budget(path: Path, config: dict[str, Any], writes: bool,
+                   reporter: FinetuneReporter) -> Callable[[StepBudget], None]:
+    """What the budget calls once it fixes the total: config.json gets the total (``training``) and
+    the budget's measurements (``time_budget``), so that ``--resume`` continues with them."""
+
+    def record(budget: StepBudget) -> None:
+        config["training"].update(steps=budget.total_steps, warmup_steps=budget.warmup_steps)
+        config["time_budget"] = budget.describe()
+        if writes:
+            _write_json(path, config)
+        reporter.info(f"time budget: {budget.total_steps} steps at {budget.seconds_per_step():.2f} s a step "
+                      f"({budget.setup_seconds:.0f} s before the first step)")
+
+    return record
+
+
+def _input_paths(options: FinetuneOptions, dataset: Dataset) -> dict[str, Path | None]:
+    """Every file or folder the run reads, by what the user calls it: none may lie in the run folder
+    (replacing it with --force would delete them)."""
+    selection = options.selection or {}
+    return {"the input folder": dataset.root, "the --checkpoint": options.checkpoint,
+            "the --cases file": Path(selection["file"]) if selection.get("file") else None}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from medsaga import distributed
+from medsaga.errors import InputError
+from medsaga.io.atomic import write_errors
 from medsaga.losses import segmentation_loss
 from medsaga.methods.base import TuningMethod, count_parameters, image_encoder
 from medsaga.model.activation_checkpointing import checkpoint_encoder_blocks
@@ -46,7 +48,8 @@ from medsaga.train.data import TrainingSlices
 from medsaga.train.embedding_cache import EmbeddingCache, build_cache, view_schedule
 from medsaga.train.memory import (GradientMeter, MemoryBreakdown, PeakMemory, SavedActivationMeter, StepTensorPeak,
                                   optimizer_state_bytes, parameter_bytes)
-from medsaga.train.resume import load_training_state, save_training_state
+from medsaga.train.resume import CHECKPOINT_DIR, load_training_state, save_training_state
+from medsaga.train.time_budget import StepBudget
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -66,7 +69,8 @@ class LoopSettings:
         seed: seeds batch order, augmentation and any noise inside the model.
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
         activation_checkpointing: recompute encoder blocks in backward instead of storing them.
-        checkpoint_every: write a resumable checkpoint every this many steps (0: only at the end).
+        checkpoint_every: write a resumable checkpoint after the first step, then every this many
+            steps (0: only at the end).
         cache_views: 0 trains as usual (fresh augmentation each step, the whole model run);
             ``V >= 1`` trains on the embedding cache with ``V`` fixed views per slice (view 0
             unaugmented), for a method whose ``encoder_cacheable`` is true.
@@ -157,7 +161,8 @@ Validator = Any  # a callable model -> mean Dice, see medsaga.train.validation
 def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings: LoopSettings, run_dir: Path,
           observer: TrainingObserver, augmenter: Augmenter, *, device: torch.device,
           resume: bool = False, validator: Validator | None = None,
-          cache_encoder: bool = True, save_state: bool = True) -> TrainResult:
+          cache_encoder: bool = True, save_state: bool = True,
+          time_budget: StepBudget | None = None) -> TrainResult:
     """Train ``model`` (already prepared by ``method``) on ``data``; write metrics and checkpoints.
 
     Returns the measurements; the caller saves the trained state and the report.
@@ -190,11 +195,16 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     forward = _TrainingForward(model, method)
     if rank.distributed:
         forward = _distribute(forward, optimizer, layerwise, device)
-    scheduler = warmup_poly_lr(optimizer, settings.steps, settings.warmup_steps)
+    # With a time budget, settings.steps is only an upper bound until the budget fixes the total
+    # (medsaga.train.time_budget); its factor then follows warmup_poly_lr for that total.
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: time_budget.lr_factor(t))
+                 if time_budget is not None
+                 else warmup_poly_lr(optimizer, settings.steps, settings.warmup_steps))
     first_step = 0
     metrics_path = run_dir / METRICS_FILE
     if resume:
-        first_step = load_training_state(run_dir, method=method, model=model, optimizer=optimizer, scheduler=scheduler)
+        first_step = load_training_state(run_dir, method=method, model=model, optimizer=optimizer, scheduler=scheduler,
+                                         total_steps=settings.steps)
         if rank.is_main:
             _truncate_metrics(metrics_path, first_step)
 
@@ -218,10 +228,16 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     tensor_peak: dict[str, Any] | None = None
     model.train()
     started = time.perf_counter()
+    if time_budget is not None:
+        time_budget.steps_begin()  # the time so far (reading, model, cache) counted toward the budget
     loss_value = math.nan
     writes = rank.is_main and save_state  # only rank 0 writes the run folder
+    # The step of the newest checkpoint on disk (every rank tracks it: the divergence line names it).
+    last_checkpoint: int | None = first_step if resume else None
     with (open(metrics_path, "a", encoding="utf-8") if rank.is_main else open(os.devnull, "w")) as metrics:
         for step in range(first_step, settings.steps):
+            if step >= settings.steps:  # a time budget fixed the total below the upper bound
+                break
             step_started = time.perf_counter()
             torch.manual_seed(_mix(settings.seed, step))  # noise inside methods (Conv-LoRA's gate)
             # Before the profiled step begins: the last step's gradients are not held between steps.
@@ -238,6 +254,18 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
                                    activations, device, parameter_dtype, step)
             if meter is not None:
                 tensor_peak = meter.describe(step + 1)
+            if time_budget is not None and not time_budget.resolved and time_budget.step_done(step + 1) is not None:
+                # Before scheduler.step(): the next step's lr is already the fitted schedule's.
+                settings = replace(settings, steps=time_budget.total_steps, warmup_steps=time_budget.warmup_steps)
+                if hasattr(observer, "on_total_steps"):
+                    observer.on_total_steps(settings.steps)
+            # The one place a diverged run stops: before its metrics line, checkpoint or trained weights.
+            checkpoint_due = save_state and _checkpoint_due(settings, step)
+            failure = _not_finite(loss_total, method, model,
+                                  check_weights=checkpoint_due or step + 1 == settings.steps)
+            if failure is not None:
+                metrics.flush()
+                raise InputError(_diverged_message(step + 1, failure, run_dir, last_checkpoint, settings))
             scheduler.step()
             loss_value = loss_total
             elapsed = time.perf_counter() - step_started
@@ -251,15 +279,16 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
                 validation.append(dice)
                 observer.on_validation(len(validation), dice)
                 model.train()
-            if writes and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 \
-                    and step + 1 < settings.steps:
-                metrics.flush()
-                save_training_state(run_dir, step=step + 1, method=method, model=model, optimizer=optimizer,
-                                    scheduler=scheduler)
+            if checkpoint_due:
+                if writes:
+                    metrics.flush()
+                    _save_checkpoint(run_dir, step=step + 1, method=method, model=model, optimizer=optimizer,
+                                     scheduler=scheduler)
+                last_checkpoint = step + 1
     wall = time.perf_counter() - started
     if writes:
-        save_training_state(run_dir, step=settings.steps, method=method, model=model, optimizer=optimizer,
-                            scheduler=scheduler)
+        _save_checkpoint(run_dir, step=settings.steps, method=method, model=model, optimizer=optimizer,
+                         scheduler=scheduler)
     gradients.remove()
     frozen_bytes, trainable_bytes = parameter_bytes(model)
     trainable, total = count_parameters(model)
@@ -365,6 +394,38 @@ def _forward(model: nn.Module, method: TuningMethod, images: torch.Tensor) -> to
     return model(images)
 
 
+def _checkpoint_due(settings: LoopSettings, step: int) -> bool:
+    """Whether a resumable checkpoint follows the 0-based ``step`` (the last step's is written after
+    the loop): after the run's first step, so a run killed early can still be resumed, then every
+    ``checkpoint_every`` steps; never with ``checkpoint_every`` 0 (only at the end)."""
+    done = step + 1
+    return bool(settings.checkpoint_every) and done < settings.steps and (
+        done == 1 or done % settings.checkpoint_every == 0)
+
+
+def _not_finite(loss: float, method: TuningMethod, model: nn.Module, *, check_weights: bool) -> str | None:
+    """What is not finite after a step, or ``None``: the loss (every step), and, where the step's
+    weights are about to be written (``check_weights``), the tensors the method trained (a finite
+    loss can still come with an overflowing update)."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if check_weights:
+        bad = [name for name, tensor in method.trained_state(model).items()
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if bad:
+            return f"loss is {loss:.4g} but {len(bad)} trained tensor(s) are not finite ({bad[0]}, ...)"
+    return None
+
+
+def _diverged_message(step: int, failure: str, run_dir: Path, last_checkpoint: int | None,
+                      settings: LoopSettings) -> str:
+    """The one line a diverged run stops with: the step, what went wrong, what is kept, what to try."""
+    kept = (f"the last good checkpoint is at step {last_checkpoint} in {run_dir / CHECKPOINT_DIR}"
+            if last_checkpoint is not None else "no checkpoint was written")
+    rates = f"{settings.lr:g}" + (f", decoder {settings.decoder_lr:g}" if settings.decoder_lr is not None else "")
+    return f"step {step}: {failure}; {kept}; lower --lr / --decoder-lr (this run: {rates}) and start again with --force"
+
+
 def _samples(count: int, seed: int, step: int, micro: int, batch_size: int,
              grad_accum: int) -> list[tuple[int, int]]:
     """``(epoch, slice position)`` of each sample of one micro-batch: a fresh permutation of all
@@ -398,6 +459,15 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _save_checkpoint(run_dir: Path, **state: Any) -> None:
+    """:func:`save_training_state`, with a failed write (disk full, read-only) as one line naming the
+    checkpoint folder (:func:`medsaga.io.atomic.write_errors`). The checkpoint is swapped in by
+    renames, so the previous one stays whole; the scratch folder left behind is never read and is
+    cleared by the next save."""
+    with write_errors(run_dir / CHECKPOINT_DIR):
+        save_training_state(run_dir, **state)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

