@@ -1,0 +1,296 @@
+"""Does medsaga segment better than what a user would train instead? (issue 27)
+
+Four real tasks from ``../shared/data`` (see its README), each split once and for all into a
+training pool (K = 1, 2, 5 take its first K cases: nested sets) and three test cases that no run
+trains on (:data:`TASKS`). Every contender trains for the same wall-clock budget (``--budget``
+seconds, counted from the start of its training command: reading the cases counts), then predicts
+the test cases as NIfTI label maps on their own grid, which ``medsaga evaluate`` scores (Dice,
+HD95, NSD at 2 mm) against the manual labels:
+
+- ``medsaga-default``: ``medsaga finetune DATA --cases <K> --model litemedsam --time-budget B``
+  and finetune's defaults otherwise: what a user gets;
+- ``medsaga-best``: the configuration in :data:`BEST_OPTIONS` (recorded in each record);
+- ``unet``: a from-scratch 2-D MONAI BasicUNet (``benchmarks/baselines/unet.py``);
+- ``nnunet``: nnU-Net v2, 2d configuration (``benchmarks/baselines/nnunet.py``).
+
+MALF's test volumes are scored on their central 64 axial slices (written once under
+``OUT/<task>/test`` with their geometry), as in the LiteMedSAM quality table; the other tasks'
+test volumes whole. The runner refuses a training case that is also a test case.
+
+Each finished run writes its record at once to ``--records`` (one JSON file per task, K and
+contender, committed with the project): with the per-class metrics, the train/test cases, the
+budget, the measured wall seconds of each command, the CPU seconds of the commands (getrusage of
+the children), the medsaga commit, torch version, CPU model, OMP_NUM_THREADS and the date. A run
+with a record is not repeated (``--redo`` repeats it) and a kept record keeps its date, so the
+table is completed across sessions and machines. ``--table-only`` prints the tables from the
+records.
+
+Usage (one job at a time on a shared CPU)::
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nohup .venv/bin/python benchmarks/quality_vs_baselines.py \\
+        > runs/quality_vs_baselines.log 2>&1 &
+    .venv/bin/python benchmarks/quality_vs_baselines.py --table-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from litemedsam_quality import _machine, _test_set, finetune_predict_evaluate  # noqa: E402  (the shared runner)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One dataset's fixed split: K takes the first K of ``pool``; ``test`` is never trained on."""
+
+    pool: tuple[str, ...]
+    test: tuple[str, ...]
+    test_slices: int = 0  # central axial slices of each test case scored; 0: the whole volume
+
+
+TASKS: dict[str, Task] = {
+    "chaos-mr-abdomen": Task(("CHAOS_T2_01", "CHAOS_T2_02", "CHAOS_T2_03", "CHAOS_T2_05", "CHAOS_T2_08"),
+                             ("CHAOS_T2_10", "CHAOS_T2_13", "CHAOS_T2_15")),
+    "malf-brain-t1": Task(("MALF_1000", "MALF_1001", "MALF_1002", "MALF_1003", "MALF_1004"),
+                          ("MALF_1005", "MALF_1006", "MALF_1007"), test_slices=64),
+    "acdc-mr-cardiac": Task(("ACDC_patient001_frame01", "ACDC_patient002_frame01", "ACDC_patient021_frame01",
+                             "ACDC_patient022_frame01", "ACDC_patient041_frame01"),
+                            ("ACDC_patient042_frame01", "ACDC_patient061_frame01", "ACDC_patient062_frame01")),
+    "openkbp-ct-headneck": Task(("OKBP_pt_4", "OKBP_pt_13", "OKBP_pt_17", "OKBP_pt_22", "OKBP_pt_31"),
+                                ("OKBP_pt_34", "OKBP_pt_59", "OKBP_pt_60")),
+}
+CONTENDERS = ("unet", "medsaga-default", "medsaga-best", "nnunet")
+# Run in this order: the two that answer "does the default beat the U-Net" on every task first.
+DEFAULT_ORDER = "unet,medsaga-default;medsaga-best;nnunet"
+# The decoder on frozen, cached LiteMedSAM embeddings at its native 256 px: on CHAOS (issue 27) it
+# reached mean Dice 0.62 at K = 2 where the U-Net reached 0.25 in 10 CPU-minutes; a step costs
+# decoder time only, so a budget buys thousands of steps after the cache is built.
+BEST_OPTIONS = ("--method", "decoder", "--image-size", "256", "--cache-views", "4", "--batch-size", "8")
+
+
+def check_disjoint(train: tuple[str, ...] | list[str], test: tuple[str, ...] | list[str]) -> None:
+    """Refuse a test case that is also a training case (the score would measure memory)."""
+    shared = sorted(set(train) & set(test))
+    if shared:
+        raise ValueError(f"test case(s) {', '.join(shared)} also in the training cases: refusing to score them")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="the folder holding the four task folders")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "quality_vs_baselines")
+    parser.add_argument("--records", type=Path, default=ROOT / "benchmarks" / "results" / "quality_vs_baselines")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--shots", default="2", help="comma-separated K values")
+    parser.add_argument("--order", default=DEFAULT_ORDER,
+                        help="contender groups separated by ';': each group runs on every task before the next")
+    parser.add_argument("--budget", type=float, default=600.0, help="training wall-clock seconds per contender")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--redo", action="store_true", help="repeat runs that have a record")
+    parser.add_argument("--table-only", action="store_true", help="only print the tables from the records")
+    args = parser.parse_args(argv)
+
+    groups = [group.split(",") for group in args.order.split(";")]
+    unknown = {c for group in groups for c in group} - set(CONTENDERS)
+    if unknown or set(args.tasks.split(",")) - set(TASKS):
+        parser.error(f"unknown contender or task: {sorted(unknown) or args.tasks}")
+    shots = [int(k) for k in args.shots.split(",")]
+    for name in args.tasks.split(","):
+        task = TASKS[name]
+        check_disjoint(task.pool, task.test)
+        if max(shots) > len(task.pool):
+            parser.error(f"K at most {len(task.pool)} for {name}")
+    args.records.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for group in groups:
+            for name in args.tasks.split(","):
+                for k in shots:
+                    for contender in group:
+                        kept = args.records / f"{name}-k{k}-{contender}.json"
+                        if kept.is_file() and not args.redo:
+                            continue
+                        record = run_one(args, name, k, contender)
+                        if record is not None:
+                            _write_record(kept, record)
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(args.records.glob("*.json"))]
+    print(markdown(records, args.budget))
+    return 0
+
+
+def run_one(args: argparse.Namespace, name: str, k: int, contender: str) -> dict[str, Any] | None:
+    """Train ``contender`` on the first ``k`` of task ``name``'s pool, predict and score the test
+    cases; the record (``None`` when the contender cannot run here, with the reason printed)."""
+    task = TASKS[name]
+    train_cases = list(task.pool[:k])
+    check_disjoint(train_cases, task.test)
+    data = args.data / name
+    run = args.out / name / f"k{k}" / contender
+    images, labels = _test_set(data, list(task.test), task.test_slices, args.out / name / "test")
+    title = f"{name} K={k} {contender}"
+    before = _children_cpu()
+    started = time.perf_counter()
+    if contender.startswith("medsaga"):
+        finetune = ["finetune", str(data), "--cases", ",".join(train_cases), "--model", "litemedsam",
+                    "--time-budget", f"{args.budget:g}", "--seed", str(args.seed), "--out", str(run), "--force",
+                    *(BEST_OPTIONS if contender == "medsaga-best" else ())]
+        run.parent.mkdir(parents=True, exist_ok=True)
+        timings = finetune_predict_evaluate(finetune, run, images, labels, title, logs=run.parent / contender)
+        report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+        trained = {"steps": report["steps"], "time_budget": report.get("time_budget"),
+                   "train_wall_seconds": report["wall_seconds"], "options": finetune[3:]}
+    else:
+        runner = _BASELINES[contender]
+        missing = runner.unavailable() if hasattr(runner, "unavailable") else None
+        if missing:
+            print(f"[{title}] skipped: {missing}", flush=True)
+            return None
+        timings, trained = runner.run(data, train_cases, run, images, labels, args.budget, args.seed, title)
+    cpu = _children_cpu() - before
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
+    classes = {summary["name"]: {"dice": summary["dice"], "hd95": summary["hd95_mm"], "nsd": summary["nsd"]}
+               for summary in metrics["mean"]}
+    return {"task": name, "k": k, "contender": contender, "train_cases": train_cases, "test_cases": list(task.test),
+            "test_slices": task.test_slices, "budget_seconds": args.budget, "seed": args.seed,
+            "classes": classes, "mean_dice": _mean([c["dice"] for c in classes.values()]),
+            "wall_seconds": {**timings, "all": round(time.perf_counter() - started, 1)},
+            "cpu_seconds_all_commands": round(cpu, 1), "trained": trained, "measured": _environment()}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _environment() -> dict[str, Any]:
+    """When, on what and with which code a record was measured."""
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return {**_machine(), "medsaga_commit": commit + ("+uncommitted" if dirty else ""), "torch": torch.__version__,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "mkl_num_threads": os.environ.get("MKL_NUM_THREADS")}
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)  # a record is there whole or not at all
+
+
+def _mean(values: list[float | None]) -> float:
+    """Mean over classes; a class never predicted counts 0."""
+    return sum(v or 0.0 for v in values) / max(1, len(values))
+
+
+def timed_commands(commands: list[tuple[str, list[str]]], logs: Path, title: str) -> dict[str, Any]:
+    """Run each ``(name, command)`` in turn; wall and CPU seconds of each. For the baselines, whose
+    commands are not medsaga's (medsaga's contenders use the shared ``finetune_predict_evaluate``)."""
+    timings: dict[str, Any] = {}
+    for name, command in commands:
+        print(f"[{title}] {name}", flush=True)
+        before, started = _children_cpu(), time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        timings[name] = round(time.perf_counter() - started, 1)
+        timings[f"{name}_cpu"] = round(_children_cpu() - before, 1)
+        logs.with_name(f"{logs.name}.{name}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+        if result.returncode != 0:
+            print(result.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"{name} failed for {title} (exit {result.returncode})")
+    return timings
+
+
+class _UNet:
+    """benchmarks/baselines/unet.py: train, predict, then medsaga evaluate."""
+
+    @staticmethod
+    def run(data: Path, cases: list[str], run: Path, images: list[Path], labels: Path, budget: float, seed: int,
+            title: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        script = [sys.executable, str(ROOT / "benchmarks" / "baselines" / "unet.py")]
+        run.mkdir(parents=True, exist_ok=True)
+        timings = timed_commands([
+            ("train", [*script, "train", str(data), "--cases", ",".join(cases), "--out", str(run),
+                       "--time-budget", f"{budget:g}", "--seed", str(seed)]),
+            ("predict", [*script, "predict", str(run), *map(str, images), "--out", str(run / "predictions")]),
+            ("evaluate", [str(Path(sys.executable).with_name("medsaga")), "evaluate", str(run / "predictions"),
+                          str(labels), "--labels", str(data / "dataset.json"), "--out", str(run / "evaluation"),
+                          "--force"])], run.parent / "unet", title)
+        report = json.loads((run / "unet.json").read_text(encoding="utf-8"))
+        return timings, {key: report[key] for key in ("steps", "time_budget", "training_slices", "features", "patch",
+                                                      "batch", "lr", "final_loss")}
+
+
+def _nnunet_runner() -> Any:
+    sys.path.insert(0, str(ROOT / "benchmarks" / "baselines"))
+    import nnunet  # noqa: PLC0415  (benchmarks/baselines/nnunet.py, imports nnunetv2 only when it runs)
+
+    return nnunet
+
+
+class _LazyNNUNet:
+    @staticmethod
+    def unavailable() -> str | None:
+        return _nnunet_runner().unavailable()
+
+    @staticmethod
+    def run(*args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return _nnunet_runner().run(*args, timed_commands=timed_commands)
+
+
+_BASELINES: dict[str, Any] = {"unet": _UNet, "nnunet": _LazyNNUNet}
+
+
+def markdown(records: list[dict[str, Any]], budget: float | None = None) -> str:
+    """Per task: one row per K and contender (per-class Dice, mean Dice, mean HD95, train steps and
+    seconds); then a summary of mean Dice per task and contender."""
+    if not records:
+        return "(no finished runs)"
+    lines: list[str] = []
+    for task in [t for t in TASKS if any(r["task"] == t for r in records)]:
+        rows = sorted((r for r in records if r["task"] == task),
+                      key=lambda r: (r["k"], CONTENDERS.index(r["contender"])))
+        names = list(rows[0]["classes"])
+        header = ["K", "contender", *[f"Dice {n}" for n in names], "mean Dice", "mean HD95 mm", "steps",
+                  "train wall s", "CPU s (all)"]
+        lines += [f"### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            dice = [r["classes"][n]["dice"] for n in names]
+            hd95 = [r["classes"][n]["hd95"] for n in names if r["classes"][n]["hd95"] is not None]
+            cells = [str(r["k"]), r["contender"], *[_fmt(d, 3) for d in dice], _fmt(r["mean_dice"], 3),
+                     _fmt(sum(hd95) / len(hd95), 1) if hd95 else "–", str(r["trained"].get("steps", "–")),
+                     _fmt(r["wall_seconds"].get("finetune", r["wall_seconds"].get("train")), 0),
+                     _fmt(r.get("cpu_seconds_all_commands"), 0)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Summary: mean Dice over classes", ""]
+    keys = sorted({(r["task"], r["k"]) for r in records}, key=lambda key: (list(TASKS).index(key[0]), key[1]))
+    header = ["task", "K", *CONTENDERS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, k in keys:
+        found = {r["contender"]: r["mean_dice"] for r in records if r["task"] == task and r["k"] == k}
+        lines.append("| " + " | ".join([task, str(k), *[_fmt(found.get(c), 3) for c in CONTENDERS]]) + " |")
+    budgets = sorted({r["budget_seconds"] for r in records})
+    lines += ["", f"Training budget per contender: {', '.join(f'{b:g}' for b in budgets)} s of wall-clock time."]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
