@@ -61,6 +61,10 @@ def finetune(
                                                                        "seconds, counted from the start): the "
                                                                        "steps are fixed from the first steps' "
                                                                        "time, and the lr schedule ends with it."),
+    time_budget_clock: str = typer.Option("wall", "--time-budget-clock",
+                                          help="What --time-budget counts: wall (the time you wait) or cpu "
+                                               "(this process's CPU seconds: a fair share on a busy machine, "
+                                               "for benchmarks)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per forward pass."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Forward/backward passes per optimizer step."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the method's, below; "
@@ -156,6 +160,7 @@ def finetune(
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
             cache_dtype=cache_dtype, attention=attention, gpu_memory=gpu_memory, time_budget=time_budget,
+            time_budget_clock=time_budget_clock,
             force=force), False
     if nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {nproc}")

@@ -127,3 +127,19 @@ def test_cli_budget_errors_are_one_line(tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
         assert lines[0].startswith("error: ") and "--time-budget" in lines[0], lines[0]
+
+
+def test_cpu_clock_counts_this_process_cpu_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--time-budget-clock cpu: the budget reads time.process_time (a fake one here), not the wall clock."""
+    import time
+
+    monkeypatch.setattr(time, "process_time", FakeClock(setup=5.0, tick=0.5))
+    run = tmp_path / "run"
+    wall = FakeClock(setup=1e6, tick=1e6)  # the wall clock would have spent the budget at once
+    finetune(tiny_options(run, steps=None, time_budget="20s", time_budget_clock="cpu", checkpoint_every=100),
+             QuietReporter(), clock=wall)
+    config = json.loads((run / "config.json").read_text())
+    assert config["time_budget"]["clock"] == "cpu" and config["time_budget"]["resolved_steps"] == 28
+    with pytest.raises(InputError, match="--time-budget-clock must be wall or cpu, got 'gpu'"):
+        finetune(tiny_options(tmp_path / "other", steps=None, time_budget="20s", time_budget_clock="gpu"),
+                 QuietReporter())

@@ -53,6 +53,7 @@ DEFAULT_EPOCHS = 10
 DEFAULT_MODEL = LITEMEDSAM
 # The loop's upper bound on the steps of a --time-budget run, until the budget fixes the total.
 BUDGET_STEP_LIMIT = 10**9
+BUDGET_CLOCKS = ("wall", "cpu")
 # The image encoder's attention: "fast" skips the work on window padding (exact, see
 # medsaga.model.fast_attention); "sam" is segment-anything's own padded-window attention.
 ATTENTIONS = ("fast", "sam")
@@ -99,6 +100,9 @@ class FinetuneOptions:
     attention: str = "fast"
     gpu_memory: str | None = None  # e.g. "12GiB": plan the run's peak first and refuse if it does not fit
     time_budget: str | None = None  # e.g. "20m": train for this wall-clock time (medsaga.train.time_budget)
+    # What the budget counts: "wall" (the user's wait) or "cpu" (this process's CPU seconds, all its
+    # threads: a benchmark's fair share on a machine shared with other jobs)
+    time_budget_clock: str = "wall"
     force: bool = False
 
 
@@ -168,6 +172,9 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
     check_plane(options.plane)
     if options.slice_mode is not None and options.slice_mode not in MODES:
         raise InputError(f"--slice-mode must be one of {', '.join(MODES)}, got {options.slice_mode!r}")
+    if options.time_budget_clock not in BUDGET_CLOCKS:
+        raise InputError(f"--time-budget-clock must be {' or '.join(BUDGET_CLOCKS)}, "
+                         f"got {options.time_budget_clock!r}")
     if options.time_budget is not None:
         parse_duration(options.time_budget)
         if options.epochs is not None or options.steps is not None:
@@ -231,6 +238,8 @@ def _check_numbers(options: FinetuneOptions) -> None:
 def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False,
              clock: Callable[[], float] = time.perf_counter) -> FinetuneOutcome:
     """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
+    if options.time_budget_clock == "cpu":
+        clock = time.process_time
     run_started = clock()  # a --time-budget counts from here: reading and the cache are part of the wait
     rank = distributed.init_from_environment(options.device)
     if not rank.is_main:
@@ -333,7 +342,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
             _write_json(options.out / CONFIG_FILE, config)
     distributed.barrier()  # the run folder exists (and a resumed one is untouched) before any rank goes on
     if time_budget is not None:
-        time_budget.on_resolved = _record_budget(options.out / CONFIG_FILE, config, rank.is_main, reporter)
+        time_budget.on_resolved = _record_budget(options.out / CONFIG_FILE, config, rank.is_main, reporter,
+                                                 options.time_budget_clock)
         reporter.info(f"time budget {time_budget.seconds:g} s: the steps are fixed after timing the first "
                       f"{time_budget.probe_steps}, so that training ends within it")
     reporter.info(f"{len(data)} training slices, "
@@ -556,14 +566,14 @@ def _time_budget(options: FinetuneOptions, resume: bool, clock: Callable[[], flo
     return None, recorded
 
 
-def _record_budget(path: Path, config: dict[str, Any], writes: bool,
-                   reporter: FinetuneReporter) -> Callable[[StepBudget], None]:
+def _record_budget(path: Path, config: dict[str, Any], writes: bool, reporter: FinetuneReporter,
+                   options_clock: str = "wall") -> Callable[[StepBudget], None]:
     """What the budget calls once it fixes the total: config.json gets the total (``training``) and
     the budget's measurements (``time_budget``), so that ``--resume`` continues with them."""
 
     def record(budget: StepBudget) -> None:
         config["training"].update(steps=budget.total_steps, warmup_steps=budget.warmup_steps)
-        config["time_budget"] = budget.describe()
+        config["time_budget"] = {**budget.describe(), "clock": options_clock}
         if writes:
             _write_json(path, config)
         reporter.info(f"time budget: {budget.total_steps} steps at {budget.seconds_per_step():.2f} s a step "
