@@ -255,7 +255,7 @@ class _LazyNNUNet:
 
     @staticmethod
     def run(*args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        return _nnunet_runner().run(*args, timed_commands=timed_commands)
+        return _nnunet_runner().run(*args, timed_commands=timed_commands, check_disjoint=check_disjoint)
 
 
 _BASELINES: dict[str, Any] = {"unet": _UNet, "nnunet": _LazyNNUNet}
