@@ -42,10 +42,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tiny_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default model becomes the tiny random-weights SAM at 64 px (seconds, not minutes)."""
+    from dataclasses import replace
+
+    from medsaga.model.registry import MODEL_TYPES
     from medsaga.train import finetune
 
     monkeypatch.setattr(finetune, "DEFAULT_MODEL", "tiny")
-    monkeypatch.setattr(finetune, "default_image_size", lambda model_type: 64)
+    monkeypatch.setitem(MODEL_TYPES, "tiny", replace(MODEL_TYPES["tiny"], default_image_size=64))
 
 
 def medsaga(*args: str) -> tuple[int, str, str]:

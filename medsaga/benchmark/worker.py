@@ -104,8 +104,7 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
     import torch
 
     from medsaga.methods import count_parameters, create_method
-    from medsaga.model.build import build_sam
-    from medsaga.model.segmenter import SamSegmenter
+    from medsaga.model.load import load_segmenter
 
     started = time.perf_counter()
     if spec.threads is not None:
@@ -123,7 +122,8 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                   torch_version=torch.__version__, torch_threads=torch.get_num_threads())
 
     torch.manual_seed(spec.seed)
-    model = SamSegmenter(build_sam(spec.model, num_classes=spec.num_classes, image_size=spec.image_size))
+    model = load_segmenter(spec.model, num_classes=spec.num_classes, image_size=spec.image_size,
+                           random_init=True).model
     # Counted before prepare: SAM-PARSER turns the weights it decomposes into buffers (as finetune).
     record["total_parameters"] = count_parameters(model)[1]
     record["build_seconds"] = time.perf_counter() - started
@@ -201,7 +201,7 @@ def _time_inference(model: Any, data: Any, spec: WorkerSpec, device: Any) -> dic
     from medsaga.model.fast_attention import is_sped_up, restore_encoder, speed_up_encoder
 
     model.eval()
-    encoder = model.sam.image_encoder
+    encoder = model.image_encoder
     came_fast = is_sped_up(encoder)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if spec.precision == "bf16"
                 else contextlib.nullcontext())
@@ -276,11 +276,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m medsaga.benchmark.worker SPEC.json", file=sys.stderr)
         return 2
-    from medsaga.model.backbone import backbone_for_model
+    from medsaga.model.registry import get_model_type
     from medsaga.train.allocator import malloc_wanted, tune_malloc
 
     spec = WorkerSpec(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
-    if malloc_wanted(backbone_for_model(spec.model).tune_cpu_malloc):
+    if malloc_wanted(get_model_type(spec.model).backbone.tune_cpu_malloc):
         tune_malloc()  # before any tensor: the peak RSS is then the tensors', not glibc's kept heap
     record = measure(spec)
     print(json.dumps(record), flush=True)

@@ -10,11 +10,11 @@ stored, which is what makes the method as light as decoder-only tuning plus a sm
 
 How it fits the method interface (one choice, and why):
 
-* :meth:`AdapterMethod.prepare` replaces ``sam.image_encoder`` with a
-  :class:`~medsaga.methods.adapter_net.ParallelAdaptedEncoder` whose forward runs the original
-  ViT under ``torch.no_grad()`` and the adapter with gradients. The ViT's parameters therefore
-  move to ``sam.image_encoder.vit.*`` after ``prepare``, the adapter's live in
-  ``sam.image_encoder.adapter.*``; ``prepare`` builds the same names every time.
+* :meth:`AdapterMethod.prepare` replaces ``sam.image_encoder`` (through the segmenter's
+  ``replace_image_encoder``) with a :class:`~medsaga.methods.adapter_net.ParallelAdaptedEncoder`
+  whose forward runs the original ViT under ``torch.no_grad()`` and the adapter with gradients.
+  The ViT's parameters therefore move to ``sam.image_encoder.vit.*`` after ``prepare``, the
+  adapter's live in ``sam.image_encoder.adapter.*``; ``prepare`` builds the same names every time.
 * ``encoder_frozen`` is therefore **False**: the loop simply calls ``model(images)`` and needs no
   branch on the method. If it were True, the loop would run the adapter under ``no_grad`` and it
   would never learn. The memory guarantee does not depend on the loop: the no-grad region lives
@@ -116,7 +116,7 @@ class AdapterMethod(TuningMethod):
                                   downsample=options.downsample, embedding_stride=backbone.embedding_stride)
         adapter.to(dtype=reference.dtype)
         adapter.train(vit.training)
-        model.sam.image_encoder = ParallelAdaptedEncoder(vit, adapter, options.scale)
+        model.replace_image_encoder(ParallelAdaptedEncoder(vit, adapter, options.scale))
         unfreeze_mask_decoder(model)
 
     def trained_buffers(self, model: nn.Module) -> dict[str, torch.Tensor]:

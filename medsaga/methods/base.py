@@ -222,8 +222,9 @@ def unfreeze(module: nn.Module) -> None:
 
 
 def image_encoder(model: nn.Module) -> nn.Module:
-    """The SAM image encoder (ViT) inside a segmenter: the one place that knows where it lives."""
-    return model.sam.image_encoder  # type: ignore[no-any-return]
+    """The image encoder of a :class:`~medsaga.model.segmenter.SamSegmenter` (or the wrapper a method put
+    in its place; the segmenter's ``replace_image_encoder`` is how one does)."""
+    return model.image_encoder  # type: ignore[no-any-return]
 
 
 def base_image_encoder(model: nn.Module) -> nn.Module:

@@ -11,9 +11,11 @@ The methods (:mod:`medsaga.methods`) never look at an encoder's module names: th
 * the embedding it produces (``(256, S/stride, S/stride)``: the adapter's output grid, the cache);
 * how it wants the image normalised, and its BatchNorm layers.
 
-Each kind of encoder is one entry of :data:`BACKBONES` (as HF PEFT keeps a per-architecture table
-of target modules): SAM's ViT (vit_b/l/h, tiny) and LiteMedSAM's TinyViT. A third encoder (SAM 2's
-Hiera, EfficientViT) is one more entry and touches no method.
+Each kind of encoder is one :class:`Backbone` subclass (as HF PEFT keeps a per-architecture table
+of target modules): SAM's ViT (vit_b/l/h, tiny) and LiteMedSAM's TinyViT. Each model type's entry
+in :mod:`medsaga.model.registry` names its backbone, and :func:`backbone_of` finds an encoder's
+among the registered ones. A third encoder (SAM 2's Hiera, EfficientViT) is one more backbone and
+one more registry entry, and touches no method.
 
 BatchNorm (TinyViT): the encoder's BatchNorm layers always normalise with their running statistics,
 in training too (:func:`freeze_statistics`, called by the segmenter's ``train()``). A few-shot batch
@@ -212,14 +214,7 @@ class TinyVitBackbone(Backbone):
         return units
 
 
-BACKBONES: tuple[Backbone, ...] = (VitBackbone(), TinyVitBackbone())
 WRAPPED_ENCODER = "wrapped_encoder"  # attribute of a module that holds an encoder (the adapter's wrapper)
-
-
-def backbone_for_model(model_type: str) -> Backbone:
-    """The :class:`Backbone` a model type builds (``litemedsam``: TinyViT; the others: SAM's ViT),
-    known before the model is."""
-    return BACKBONES[1] if model_type == "litemedsam" else BACKBONES[0]
 
 
 def base_encoder(encoder: nn.Module) -> nn.Module:
@@ -230,9 +225,12 @@ def base_encoder(encoder: nn.Module) -> nn.Module:
 
 
 def backbone_of(encoder: nn.Module) -> Backbone:
-    """The :class:`Backbone` for ``encoder`` (or for the encoder a wrapper holds)."""
+    """The :class:`Backbone` for ``encoder`` (or for the encoder a wrapper holds), among the
+    registered model types' (:mod:`medsaga.model.registry`)."""
+    from medsaga.model.registry import backbones
+
     encoder = base_encoder(encoder)
-    for backbone in BACKBONES:
+    for backbone in backbones():
         if isinstance(encoder, backbone.encoder_type):
             return backbone
     raise TypeError(f"no backbone protocol for an image encoder of type {type(encoder).__name__}")

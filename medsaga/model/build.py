@@ -1,11 +1,12 @@
-"""Build SAM from segment-anything's own model classes, by name, at any input size.
+"""Build SAM from segment-anything's own model classes, by model type, at any input size.
 
-The registry holds one :class:`EncoderSpec` per ViT model type: the three official ViT image
-encoders (hyper-parameters as in segment-anything's ``build_sam.py``) and ``tiny``, a two-block
-encoder for tests. ``litemedsam`` is LiteMedSAM: segment-anything's prompt encoder and mask decoder
-around medsaga's TinyViT (:mod:`medsaga.model.tiny_vit`), whose image embedding is ``(S/4, S/4)``
-instead of the ViT's ``(S/16, S/16)``, reading the image in [0, 1] as it is (no ImageNet
-mean/std). Everything around the image encoder is the official construction for every type:
+What distinguishes one model type from another (its image encoder, pixel statistics, default
+size...) is its entry in :mod:`medsaga.model.registry`; :func:`build_sam` asks the entry for the
+image encoder and puts segment-anything's own prompt encoder and mask decoder around it. This
+module also holds the ViT hyper-parameters (:class:`EncoderSpec`: the three official ViT image
+encoders, as in segment-anything's ``build_sam.py``, and ``tiny``, a two-block encoder for tests)
+and :func:`vit_image_encoder`, which the registry's ViT entries build with. Everything around the
+image encoder is the official construction for every type:
 
 * prompt embedding dimension 256, so the prompt encoder and the mask decoder (a two-layer
   ``TwoWayTransformer``, MLP width 2048, 8 heads) are the official ones with the official shapes,
@@ -13,14 +14,15 @@ mean/std). Everything around the image encoder is the official construction for 
   official means decoder-side tuning and checkpoint adaptation behave on ``tiny`` as on ``vit_b``.
 * ``num_multimask_outputs = num_classes``: the decoder then owns ``num_classes + 1`` mask tokens,
   hypernetwork MLPs and IoU outputs, one per output channel (background + classes), as in SAMed.
-* pixel mean/std in 0..255 units, as the official checkpoints expect (LiteMedSAM: 0 and 255, so
-  that SAM's own ``preprocess`` would map 0..255 to [0, 1]; medsaga normalises through
-  :mod:`medsaga.model.backbone`).
+* pixel mean/std in 0..255 units, from the registry entry (the ViTs: ImageNet × 255, as the
+  official checkpoints expect; LiteMedSAM: 0 and 255, so that SAM's own ``preprocess`` would map
+  0..255 to [0, 1]; medsaga normalises through :mod:`medsaga.model.backbone`).
 
 The input size may be any positive multiple of 16 up to 4096 (256, 512 and 1024 are the usual ones;
-LiteMedSAM was trained at 256); the image embedding is then ``(S/16, S/16)`` (``(S/4, S/4)`` for LiteMedSAM)
-and the decoder's low-resolution masks four times finer. Nothing here reads a file: weights come
-from :mod:`medsaga.model.checkpoint`.
+LiteMedSAM was trained at 256); the image embedding is then ``(S/stride, S/stride)`` (stride 16
+for the ViTs, 4 for LiteMedSAM's TinyViT: the backbone's ``embedding_stride``) and the decoder's
+low-resolution masks four times finer. Nothing here reads a file: weights come from
+:mod:`medsaga.model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -81,10 +83,6 @@ ENCODER_SPECS: dict[str, EncoderSpec] = {
     )
 }
 OFFICIAL_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
-LITEMEDSAM = "litemedsam"
-LITEMEDSAM_IMAGE_SIZE = 256  # the size LiteMedSAM was trained (distilled) at
-LITEMEDSAM_PIXEL_MEAN = (0.0, 0.0, 0.0)
-LITEMEDSAM_PIXEL_STD = (255.0, 255.0, 255.0)
 VIT_DEFAULT_IMAGE_SIZE = 512  # finetune's default for the ViTs: SAMed/MedSAGa train at 512
 # Four times the official 1024: a global-attention block at 4096 px already holds a (65536 x 65536)
 # attention matrix per head. Larger sizes only fail later, in an allocation, after the run folder exists.
@@ -92,20 +90,24 @@ MAX_IMAGE_SIZE = 4096
 
 
 def model_types() -> tuple[str, ...]:
-    """Names accepted by :func:`build_sam`."""
-    return (*ENCODER_SPECS, LITEMEDSAM)
+    """Names accepted by :func:`build_sam`: the registered model types (:mod:`medsaga.model.registry`)."""
+    from medsaga.model.registry import model_type_names
+
+    return model_type_names()
 
 
 def check_model_type(model_type: str) -> str:
-    """``model_type`` if :func:`build_sam` knows it; an unknown name is an :class:`InputError`."""
-    if model_type not in model_types():
-        raise InputError(f"unknown model type {model_type!r}; choose one of {', '.join(model_types())}")
-    return model_type
+    """``model_type`` if it is registered; an unknown name is an :class:`InputError`."""
+    from medsaga.model.registry import get_model_type
+
+    return get_model_type(model_type).name
 
 
 def default_image_size(model_type: str) -> int:
-    """The input size ``finetune`` uses when none is given: LiteMedSAM's own 256, else 512."""
-    return LITEMEDSAM_IMAGE_SIZE if model_type == LITEMEDSAM else VIT_DEFAULT_IMAGE_SIZE
+    """The input size a command uses when none is given: the registry entry's (LiteMedSAM 256, the ViTs 512)."""
+    from medsaga.model.registry import get_model_type
+
+    return get_model_type(model_type).default_image_size
 
 
 def encoder_spec(model_type: str) -> EncoderSpec:
@@ -131,6 +133,25 @@ def check_image_size(image_size: int, option: str = "image size") -> int:
     return int(image_size)
 
 
+def vit_image_encoder(spec: EncoderSpec, image_size: int) -> nn.Module:
+    """segment-anything's ``ImageEncoderViT`` with ``spec``'s hyper-parameters at ``image_size``
+    (the official construction of ``build_sam.py``; built on the current default device)."""
+    return sam_modeling().ImageEncoderViT(
+        img_size=image_size,
+        patch_size=PATCH_SIZE,
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
+        mlp_ratio=4,
+        out_chans=PROMPT_EMBED_DIM,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=WINDOW_SIZE,
+        global_attn_indexes=spec.global_attn_indexes,
+    )
+
+
 def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED_IMAGE_SIZE,
               device: torch.device | str | None = None) -> Sam:
     """A randomly initialised ``Sam`` of the given type, input size and number of classes.
@@ -141,35 +162,16 @@ def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED
     reach vit_h's layout and how :func:`~medsaga.model.checkpoint.build_sam_from_checkpoint` avoids
     a throw-away random initialisation. The model is left in train mode.
     """
-    check_model_type(model_type)
+    from medsaga.model.registry import get_model_type
+
+    entry = get_model_type(model_type)
     image_size = check_image_size(image_size)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InputError(f"number of classes must be a positive integer, got {num_classes!r}")
     modeling = sam_modeling()
     with torch.device(device) if device is not None else nullcontext():
-        if model_type == LITEMEDSAM:
-            from medsaga.model.tiny_vit import TinyViT
-
-            encoder: nn.Module = TinyViT(img_size=image_size, out_chans=PROMPT_EMBED_DIM)
-            grid = image_size // encoder.embedding_stride
-            pixel_mean, pixel_std = LITEMEDSAM_PIXEL_MEAN, LITEMEDSAM_PIXEL_STD
-        else:
-            spec = ENCODER_SPECS[model_type]
-            encoder = modeling.ImageEncoderViT(
-                img_size=image_size,
-                patch_size=PATCH_SIZE,
-                embed_dim=spec.embed_dim,
-                depth=spec.depth,
-                num_heads=spec.num_heads,
-                mlp_ratio=4,
-                out_chans=PROMPT_EMBED_DIM,
-                qkv_bias=True,
-                norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True,
-                window_size=WINDOW_SIZE,
-                global_attn_indexes=spec.global_attn_indexes,
-            )
-            grid, pixel_mean, pixel_std = image_size // PATCH_SIZE, PIXEL_MEAN, PIXEL_STD
+        encoder = entry.build_encoder(image_size)
+        grid = image_size // entry.backbone.embedding_stride
         sam = modeling.Sam(
             image_encoder=encoder,
             prompt_encoder=modeling.PromptEncoder(
@@ -186,8 +188,8 @@ def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED
                 iou_head_depth=3,
                 iou_head_hidden_dim=256,
             ),
-            pixel_mean=list(pixel_mean),
-            pixel_std=list(pixel_std),
+            pixel_mean=list(entry.pixel_mean),
+            pixel_std=list(entry.pixel_std),
         )
     if device is not None and torch.device(device).type != "meta":
         # Sam builds pixel_mean/std with the legacy torch.Tensor(list) constructor, which ignores
@@ -197,12 +199,3 @@ def build_sam(model_type: str, *, num_classes: int, image_size: int = PRETRAINED
         # (TinyViT's offset tables are made on the CPU for the same reason.)
         sam.to(device)
     return sam
-
-
-def detect_spec(embed_dim: int, depth: int, head_dim: int | None = None) -> EncoderSpec | None:
-    """The registered spec with this patch-embedding width and block count (and head width, if known)."""
-    for spec in ENCODER_SPECS.values():
-        if spec.embed_dim == embed_dim and spec.depth == depth and head_dim in (None, spec.head_dim):
-            return spec
-    return None
-

@@ -9,14 +9,16 @@ training checkpoint that wraps the state dict as ``{"model": ...}`` or ``{"state
 unwrapped, and the report says so. Everything wrong with a file is an :class:`InputError` that says
 what was expected and what was found.
 
-Loading (:func:`load_weights`) is strict: after three documented adaptations every key and every
-shape must match the model, or nothing is loaded.
+Which model type a state dict holds is its signature in :mod:`medsaga.model.registry` (a marker
+key, then its shapes). Loading (:func:`load_weights`) is strict: after documented adaptations
+every key and every shape must match the model, or nothing is loaded.
 
-1. ``image_encoder.pos_embed`` is resized bicubically to the model's patch grid;
-2. the global-attention blocks' ``rel_pos_h/w`` are resized linearly to ``2·grid − 1`` rows
-   (both in :mod:`medsaga.model.resize`; windowed blocks never change; TinyViT has neither: its
-   attention biases are per window offset, the same at any input size);
-3. the decoder's per-mask heads are fitted to ``num_classes + 1`` masks
+1. the tensors that depend on the input size are fitted to the model's, as the type's registry
+   entry says (ViTs: ``image_encoder.pos_embed`` resized bicubically to the model's patch grid,
+   the global-attention blocks' ``rel_pos_h/w`` linearly to ``2·grid − 1`` rows, both in
+   :mod:`medsaga.model.resize`; windowed blocks never change; TinyViT has neither: its attention
+   biases are per window offset, the same at any input size);
+2. the decoder's per-mask heads are fitted to ``num_classes + 1`` masks
    (:mod:`medsaga.model.mask_heads`: mask ``j`` takes checkpoint mask ``j mod 4``).
 
 At 1024 pixels with 3 classes (4 masks) nothing is adapted and the loaded weights are the file's,
@@ -36,27 +38,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from medsaga.errors import InputError
-from medsaga.model.build import (
-    ENCODER_SPECS,
-    LITEMEDSAM,
-    LITEMEDSAM_IMAGE_SIZE,
-    PATCH_SIZE,
-    EncoderSpec,
-    build_sam,
-    check_image_size,
-    detect_spec,
-)
+from medsaga.model.build import build_sam, check_image_size
 from medsaga.model.mask_heads import adapt_mask_heads, num_mask_heads
-from medsaga.model.resize import resize_pos_embed, resize_rel_pos
+from medsaga.model.registry import VIT_MARKER, get_model_type, markers, recognise, sample_keys
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
-PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
-TINY_VIT_PATCH_EMBED = "image_encoder.patch_embed.seq.0.c.weight"  # LiteMedSAM's first 1 x 1 conv
-POS_EMBED = "image_encoder.pos_embed"
+PATCH_EMBED = VIT_MARKER
 WRAPPER_KEYS = ("model", "state_dict")  # how training scripts commonly nest a state dict
-_BLOCK_KEY = re.compile(r"image_encoder\.blocks\.(\d+)\.")
 _LISTED = 4  # keys named per kind of mismatch in an error message
 
 
@@ -157,7 +147,7 @@ def _as_state_dict(loaded: object, path: Path) -> tuple[dict[str, torch.Tensor],
         raise InputError(f"expected a state dict (a mapping of names to tensors), found a {type(loaded).__name__}",
                          path)
     wrapper = None
-    if PATCH_EMBED not in loaded and TINY_VIT_PATCH_EMBED not in loaded:
+    if not any(marker in loaded for marker in markers()):
         for key in WRAPPER_KEYS:
             if isinstance(loaded.get(key), Mapping):
                 wrapper, loaded = key, loaded[key]
@@ -177,43 +167,21 @@ def _as_state_dict(loaded: object, path: Path) -> tuple[dict[str, torch.Tensor],
 
 
 def detect_model_type(state_dict: Mapping[str, torch.Tensor], path: str | Path | None = None) -> str:
-    """``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny``, from the patch-embedding width and the block
-    count, or ``litemedsam`` from TinyViT's patch embedding.
+    """The registered model type whose signature ``state_dict`` has (:func:`medsaga.model.registry.recognise`):
+    ``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny`` from the patch-embedding width and the block count,
+    ``litemedsam`` from TinyViT's patch embedding.
 
     Works on any input size (the grid does not enter) and on meta tensors. A state dict that is not
     SAM's, or whose shapes match no registered type, is an :class:`InputError` naming what was found.
     (LiteMedSAM's exact shapes are then checked by the strict load.)
     """
-    if TINY_VIT_PATCH_EMBED in state_dict:
-        return LITEMEDSAM
-    patch = state_dict.get(PATCH_EMBED)
-    if patch is None or patch.dim() != 4:
-        raise InputError(f"not a SAM state dict: no {PATCH_EMBED!r} entry "
-                         f"({len(state_dict)} entries: {_sample(state_dict)})", path)
-    embed_dim = int(patch.shape[0])
-    depth = len({int(m.group(1)) for key in state_dict if (m := _BLOCK_KEY.match(key))})
-    rel_pos = state_dict.get("image_encoder.blocks.0.attn.rel_pos_h")
-    head_dim = int(rel_pos.shape[1]) if rel_pos is not None and rel_pos.dim() == 2 else None
-    spec = detect_spec(embed_dim, depth, head_dim)
-    if spec is None:
-        found = f"patch_embed width {embed_dim}, {depth} encoder blocks" + \
-            (f", head width {head_dim}" if head_dim else "")
-        known = "; ".join(s.describe() for s in ENCODER_SPECS.values())
-        raise InputError(f"SAM-like state dict whose shapes match no known model type: found {found}; "
-                         f"known: {known}", path)
-    return spec.name
+    return recognise(state_dict, path).name
 
 
 def source_image_size(state_dict: Mapping[str, torch.Tensor], path: str | Path | None = None) -> int:
-    """The input size a state dict's ``pos_embed`` was made for (1024 for the official files;
-    256 for LiteMedSAM, whose tensors do not depend on the size)."""
-    if TINY_VIT_PATCH_EMBED in state_dict:
-        return LITEMEDSAM_IMAGE_SIZE
-    pos_embed = state_dict.get(POS_EMBED)
-    if pos_embed is None or pos_embed.dim() != 4 or pos_embed.shape[1] != pos_embed.shape[2]:
-        found = "none" if pos_embed is None else tuple(pos_embed.shape)
-        raise InputError(f"expected {POS_EMBED} of shape (1, g, g, C), found {found}", path)
-    return int(pos_embed.shape[1]) * PATCH_SIZE
+    """The input size a state dict was made for (ViTs: from ``pos_embed``, 1024 for the official
+    files; LiteMedSAM: 256, its tensors do not depend on the size)."""
+    return recognise(state_dict, path).source_image_size(state_dict, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,33 +189,20 @@ def source_image_size(state_dict: Mapping[str, torch.Tensor], path: str | Path |
 
 
 def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
-                     spec: EncoderSpec | None, path: str | Path | None = None,
+                     model_type: str, path: str | Path | None = None,
                      ) -> tuple[dict[str, torch.Tensor], tuple[str, ...], tuple[int, ...]]:
-    """Resize the positional tables and fit the mask heads of ``state_dict`` to ``model_state``'s shapes.
+    """Fit ``state_dict`` (of ``model_type``) to ``model_state``'s shapes: the size-dependent
+    tensors as the type's registry entry says, and the mask heads.
 
-    ``spec`` is the ViT's (``None`` for an encoder without positional tables: TinyViT). Returns the
-    adapted state dict, the keys that were resized, and the mask-head sources. Keys not named in
-    the module docstring pass through untouched (same tensor objects).
+    Returns the adapted state dict, the keys that were resized, and the mask-head sources. Keys not
+    named in the module docstring pass through untouched (same tensor objects).
     """
     adapted, sources = adapt_mask_heads(state_dict, int(model_state["mask_decoder.mask_tokens.weight"].shape[0]))
-    resized: list[str] = []
-    if spec is None:
+    resize = get_model_type(model_type).resize_state
+    if resize is None:
         return adapted, (), sources
-    grid = int(model_state[POS_EMBED].shape[1])
-    source_grid = source_image_size(state_dict, path) // PATCH_SIZE
-    if source_grid != grid:
-        adapted[POS_EMBED] = resize_pos_embed(adapted[POS_EMBED], grid)
-        resized.append(POS_EMBED)
-        for block in spec.global_attn_indexes:
-            for axis in ("h", "w"):
-                key = f"image_encoder.blocks.{block}.attn.rel_pos_{axis}"
-                table = adapted.get(key)
-                # Only a table sized for the file's grid is resized; anything else is left for the
-                # strict check to report rather than silently bent into shape.
-                if table is not None and table.dim() == 2 and table.shape[0] == 2 * source_grid - 1:
-                    adapted[key] = resize_rel_pos(table, 2 * grid - 1)
-                    resized.append(key)
-    return adapted, tuple(resized), sources
+    adapted, resized = resize(adapted, model_state, Path(path) if path is not None else None)
+    return adapted, resized, sources
 
 
 def check_layout(state_dict: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
@@ -271,12 +226,13 @@ def validate_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | Path
     The state dict is checked against its own type built on the ``meta`` device at the input size
     its ``pos_embed`` was made for, so a medsaga checkpoint saved at 256 pixels validates too.
     """
-    model_type = detect_model_type(state_dict, path)
-    image_size = source_image_size(state_dict, path)
+    entry = recognise(state_dict, path)
+    model_type = entry.name
+    image_size = entry.source_image_size(state_dict, path)
     num_masks = num_mask_heads(state_dict) or 4
     model = build_sam(model_type, num_classes=max(num_masks - 1, 1), image_size=image_size, device="meta")
     model_state = model.state_dict()
-    adapted, _, _ = adapt_state_dict(state_dict, model_state, ENCODER_SPECS.get(model_type), path)
+    adapted, _, _ = adapt_state_dict(state_dict, model_state, model_type, path)
     check_layout(adapted, model_state, model_type, path)
     return model_type
 
@@ -293,10 +249,9 @@ def load_weights(model: Sam, state_dict: Mapping[str, torch.Tensor], *, path: st
     model_type = detect_model_type(model_state)
     if file_type != model_type:
         raise InputError(f"the checkpoint holds {file_type} weights but the model is {model_type}", path)
-    spec = ENCODER_SPECS.get(model_type)
     source_size = source_image_size(state_dict, path)
     source_masks = num_mask_heads(state_dict) or 0
-    adapted, resized, sources = adapt_state_dict(state_dict, model_state, spec, path)
+    adapted, resized, sources = adapt_state_dict(state_dict, model_state, model_type, path)
     check_layout(adapted, model_state, model_type, path)
     if assign is None:
         assign = any(p.is_meta for p in model.parameters())
@@ -312,21 +267,24 @@ def load_checkpoint(model: Sam, path: str | Path) -> LoadReport:
     return load_weights(model, state_dict, path=path, unwrapped_from=wrapper)
 
 
-def build_sam_from_checkpoint(path: str | Path, *, num_classes: int, image_size: int = 1024,
+def build_sam_from_checkpoint(path: str | Path, *, num_classes: int, image_size: int | None = None,
                               model_type: str | None = None) -> tuple[Sam, LoadReport]:
     """Build the checkpoint's model type at ``image_size`` for ``num_classes`` and load it.
 
     The model type is detected from the file's shapes; pass ``model_type`` to insist on one (a file
-    of another type is then an :class:`InputError`).
+    of another type is then an :class:`InputError`). ``image_size`` ``None``: the detected type's
+    default (:attr:`~medsaga.model.registry.ModelType.default_image_size`).
     """
-    check_image_size(image_size)
+    if image_size is not None:
+        check_image_size(image_size)
     state_dict, wrapper = read_state_dict(path)
-    detected = detect_model_type(state_dict, path)
-    if model_type is not None and model_type != detected:
-        raise InputError(f"expected a {model_type} checkpoint, found {detected} weights", path)
+    entry = recognise(state_dict, path)
+    if model_type is not None and model_type != entry.name:
+        raise InputError(f"expected a {model_type} checkpoint, found {entry.name} weights", path)
     # Built on the meta device and handed the file's tensors (assign=True): no random
     # initialisation to throw away and no second copy of the weights (2.5 GB for vit_h).
-    sam = build_sam(detected, num_classes=num_classes, image_size=image_size, device="meta")
+    sam = build_sam(entry.name, num_classes=num_classes, image_size=image_size or entry.default_image_size,
+                    device="meta")
     report = load_weights(sam, state_dict, path=path, unwrapped_from=wrapper, assign=True)
     return sam.float(), report
 
@@ -336,8 +294,7 @@ def build_sam_from_checkpoint(path: str | Path, *, num_classes: int, image_size:
 
 
 def _sample(mapping: Mapping[str, object]) -> str:
-    keys = [str(key) for key in list(mapping)[:_LISTED]]
-    return ", ".join(keys) + (", ..." if len(mapping) > _LISTED else "") if keys else "none"
+    return sample_keys(mapping, _LISTED)
 
 
 def _first_line(error: BaseException) -> str:

@@ -43,13 +43,37 @@ class SamSegmenter(nn.Module):
     """SAM with the prompt-free multi-class head: images in, ``C + 1`` mask logits out.
 
     ``encode`` and ``decode`` are exposed separately so that a method with a frozen image encoder
-    can compute the embeddings once and cache them.
+    can compute the embeddings once and cache them. The image encoder is read through
+    :attr:`image_encoder` and replaced only through :meth:`replace_image_encoder` (a method that
+    wraps it, as the adapter does): nothing else assigns ``sam.image_encoder``.
     """
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.sam = sam
         freeze_statistics(sam.image_encoder)
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The image encoder (or the wrapper a method put in its place; :func:`~medsaga.model.backbone.base_encoder`
+        reaches the encoder inside)."""
+        return self.sam.image_encoder
+
+    def replace_image_encoder(self, encoder: nn.Module) -> nn.Module:
+        """Put ``encoder`` in the image encoder's place and return the one it replaces.
+
+        ``encoder`` takes the normalised images ``(B, 3, S, S)`` and returns the embeddings of the
+        same shape as before; a wrapper keeps the encoder it wraps as ``wrapped_encoder`` so that
+        the backbone protocol still finds it. Its BatchNorm statistics stay frozen as the
+        original's (:func:`~medsaga.model.backbone.freeze_statistics`).
+
+        Raises:
+            TypeError: no registered backbone answers for ``encoder`` (nothing is replaced then).
+        """
+        freeze_statistics(encoder)  # first: it finds the backbone, or refuses
+        previous = self.sam.image_encoder
+        self.sam.image_encoder = encoder
+        return previous
 
     @property
     def num_classes(self) -> int:
@@ -59,7 +83,7 @@ class SamSegmenter(nn.Module):
     @property
     def image_size(self) -> int:
         """The square input size ``S`` the image encoder was built for."""
-        return self.sam.image_encoder.img_size
+        return self.image_encoder.img_size
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` in [0, 1] → what the image encoder takes.
@@ -69,18 +93,18 @@ class SamSegmenter(nn.Module):
         images come at the model's size.
         """
         self._check_images(images)
-        return backbone_of(self.sam.image_encoder).normalize(self.sam, images)
+        return backbone_of(self.image_encoder).normalize(self.sam, images)
 
     def train(self, mode: bool = True) -> SamSegmenter:
         """Train/eval mode as ``nn.Module.train``, except that the image encoder's BatchNorm layers
         always use their running statistics (see :mod:`medsaga.model.backbone`)."""
         super().train(mode)
-        freeze_statistics(self.sam.image_encoder)
+        freeze_statistics(self.image_encoder)
         return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, S, S)`` in [0, 1] → image embeddings ``(B, 256, g, g)``."""
-        return self.sam.image_encoder(self.normalize(images))
+        return self.image_encoder(self.normalize(images))
 
     def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Image embeddings ``(B, 256, g, g)`` → low-resolution logits ``(B, C+1, 4g, 4g)``."""

@@ -65,15 +65,14 @@ def measure_step(config: TrainingConfig, *, model_type: str, image_size: int, ba
     """Build ``model_type`` at ``image_size`` with random weights, prepare the method, and profile
     its second training step at ``batch_size`` on ``device``."""
     from medsaga.methods import create_method
-    from medsaga.model.build import build_sam
-    from medsaga.model.segmenter import SamSegmenter
+    from medsaga.model.load import load_segmenter
     from medsaga.train.augment import AugmentSettings, Augmenter
     from medsaga.train.data import TrainingSlices
     from medsaga.train.loop import LoopSettings, SilentObserver, train
 
     torch.manual_seed(seed)
     method = create_method(config.method, config.method_options)
-    model = SamSegmenter(build_sam(model_type, num_classes=num_classes, image_size=image_size))
+    model = load_segmenter(model_type, num_classes=num_classes, image_size=image_size, random_init=True).model
     method.prepare(model)
     data = TrainingSlices(random_slices(PROFILED_STEPS * batch_size, image_size, num_classes, seed), image_size)
     settings = LoopSettings(steps=PROFILED_STEPS, batch_size=batch_size, lr=method.default_lr,

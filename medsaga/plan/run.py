@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from medsaga.methods.registry import method_class
-from medsaga.model.build import LITEMEDSAM
 from medsaga.plan.extrapolate import PeakModel, PeakPrediction, StepMeasurement
 from medsaga.plan.measure import TrainingConfig, measure_step
 from medsaga.errors import InputError
@@ -27,13 +26,15 @@ PROFILED_BATCHES = (1, 2)
 
 
 def default_profiled_sizes(model_type: str) -> tuple[int, int, int]:
-    """Three small image sizes to profile at.
+    """Three small image sizes to profile at: the model type's registry entry says.
 
     ViTs: 224, 336 and 448 px. From 224 px on, a window holds 14 × 14 tokens of 16-pixel patches
     as at the sizes predicted; below, the whole grid fits in one part-empty window, and windowed
     attention would look quadratic in the token count. LiteMedSAM: 128, 192 and 256 px (its own size).
     """
-    return (128, 192, 256) if model_type == LITEMEDSAM else (224, 336, 448)
+    from medsaga.model.registry import get_model_type
+
+    return get_model_type(model_type).profiled_sizes
 
 
 def config_of(method: str, resolved: MemoryProfile, *, precision: str, cache_allowed: bool = True) -> TrainingConfig:

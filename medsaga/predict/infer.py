@@ -87,7 +87,7 @@ def segment_case(run: TrainedRun, images: Volume | Sequence[Volume], *, batch_si
     channels = config.num_classes + 1
     classes = np.empty((count, height, width), dtype=np.uint8 if channels <= 256 else np.uint16)
     scores = np.empty((count, channels, height, width), dtype=np.float32) if probabilities else None
-    encoder = run.model.sam.image_encoder
+    encoder = run.model.image_encoder
     # After the trained state is loaded (load_model): the swap keeps every parameter and name.
     if fast_encoder:
         speed_up_encoder(encoder)

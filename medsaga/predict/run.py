@@ -211,20 +211,14 @@ def load_model(config: RunConfig, checkpoint: Path | None) -> torch.nn.Module:
     import torch
 
     from medsaga.methods import load_trained
-    from medsaga.model.build import build_sam
-    from medsaga.model.checkpoint import build_sam_from_checkpoint
-    from medsaga.model.segmenter import SamSegmenter
+    from medsaga.model.load import load_segmenter
 
     with torch.random.fork_rng(devices=[]):
         # Same order as training: seed, build (random init or checkpoint + new mask heads), wrap,
         # prepare the method (inside load_trained), then overwrite what was trained.
         torch.manual_seed(config.seed)
-        if checkpoint is None:
-            sam = build_sam(config.model_type, num_classes=config.num_classes, image_size=config.image_size)
-        else:
-            sam, _ = build_sam_from_checkpoint(checkpoint, num_classes=config.num_classes,
-                                               image_size=config.image_size, model_type=config.model_type)
-        model = SamSegmenter(sam)
+        model = load_segmenter(config.model_type, checkpoint, num_classes=config.num_classes,
+                               image_size=config.image_size, random_init=checkpoint is None).model
         load_trained(config.run_dir, model)
     return model.eval()
 

@@ -143,49 +143,32 @@ def _embedder(options: SelectOptions, dataset: Any):
     """The frozen encoder as a :class:`ScanEmbedder`, and what identifies its weights."""
     import torch
 
-    from medsaga.model.build import LITEMEDSAM, build_sam, check_model_type, default_image_size
-    from medsaga.model.checkpoint import build_sam_from_checkpoint
     from medsaga.model.fast_attention import speed_up_encoder
-    from medsaga.model.segmenter import SamSegmenter
+    from medsaga.model.load import load_segmenter
     from medsaga.model.weights import file_digests
     from medsaga.select.embed import EmbeddingSettings, ScanEmbedder
     from medsaga.train.data import default_presets
     from medsaga.train.finetune import resolve_device
 
-    if options.random_init and options.checkpoint is not None:
-        raise InputError("--random-init builds random weights: it does not take --checkpoint")
     if options.model is None and options.checkpoint is None:
         raise InputError("give --model (litemedsam: the installed weights) or --checkpoint PATH")
-    if options.model is not None:
-        check_model_type(options.model)
     device = resolve_device(options.device)
     presets = default_presets(dataset, options.intensity)
     mode = "repeat" if len(dataset.channel_names) == 1 else "modalities"
-    checkpoint = options.checkpoint
-    if checkpoint is None and options.model == LITEMEDSAM and not options.random_init:
-        from medsaga.model.packaged_weights import litemedsam_checkpoint
-
-        checkpoint = litemedsam_checkpoint()
-    if checkpoint is None:
-        if options.model != LITEMEDSAM and not options.random_init:
-            raise InputError(f"--model {options.model} has no installed weights: give --checkpoint PATH (official "
-                             "SAM/MedSAM weights), or --random-init for a test")
-        image_size = options.image_size or default_image_size(options.model)
-        torch.manual_seed(options.seed)
-        sam, model_type, weights = build_sam(options.model, num_classes=1, image_size=image_size), options.model, \
-            f"random-seed-{options.seed}"
-        info: dict[str, Any] = {"type": model_type, "weights": weights}
+    if options.random_init:
+        torch.manual_seed(options.seed)  # the random weights are the seed's
+    loaded = load_segmenter(options.model, options.checkpoint, num_classes=1, image_size=options.image_size,
+                            random_init=options.random_init, require_weights=True)
+    if loaded.checkpoint is None:
+        weights = f"random-seed-{options.seed}"
+        info: dict[str, Any] = {"type": loaded.model_type, "weights": weights}
     else:
-        digests = file_digests(checkpoint)
-        image_size = options.image_size or (default_image_size(options.model) if options.model else 1024)
-        sam, report = build_sam_from_checkpoint(checkpoint, num_classes=1, image_size=image_size,
-                                                model_type=options.model)
-        model_type, weights = report.model_type, digests.sha256
-        info = {"type": model_type, "weights": weights, "checkpoint": str(Path(checkpoint).resolve())}
-    segmenter = SamSegmenter(sam).to(device).eval()
-    speed_up_encoder(segmenter.sam.image_encoder)
-    settings = EmbeddingSettings(model=model_type, weights=weights, image_size=image_size, slices=options.slices,
-                                 plane=options.plane, presets=tuple(presets), mode=mode)
+        weights = file_digests(loaded.checkpoint).sha256
+        info = {"type": loaded.model_type, "weights": weights, "checkpoint": str(Path(loaded.checkpoint).resolve())}
+    segmenter = loaded.model.to(device).eval()
+    speed_up_encoder(segmenter.image_encoder)
+    settings = EmbeddingSettings(model=loaded.model_type, weights=weights, image_size=loaded.image_size,
+                                 slices=options.slices, plane=options.plane, presets=tuple(presets), mode=mode)
     return ScanEmbedder(segmenter.encode, settings, options.cache_dir, device), info
 
 
