@@ -12,37 +12,49 @@ training slice gets ``V`` **fixed views** instead of a fresh augmentation per st
 * view 0 is the slice as it is (letterboxed); view ``v >= 1`` is the slice augmented with the
   transforms' random state seeded from ``(seed, slice, v)`` (:func:`~medsaga.train.augment.view_seed`);
   with augmentation off there is one view;
-* :func:`build_cache` computes every view once, runs the method's frozen part
-  (:meth:`~medsaga.methods.base.TuningMethod.frozen_encoder`) on each under ``torch.inference_mode``
-  in batches of the training batch size, and keeps in RAM, as one tensor each: the frozen outputs
-  ``(N·V, ...)``, the views' labels ``(N·V, S, S)`` and, when the method reads the image besides
-  the frozen output (``cache_needs_images``: the adapter), the views' images (one channel of them
-  when the three are equal, as for one modality repeated);
+* the run computes the views **its steps read** once (:func:`plan_cache`: the batch order and the
+  view schedule follow from the seed, so the (slice, view) pairs that steps ``k .. S-1`` read are
+  known before the first step), runs the method's frozen part
+  (:meth:`~medsaga.methods.base.TuningMethod.frozen_encoder`) on them under ``torch.inference_mode``
+  (:func:`encode_groups`), and keeps in RAM: the frozen outputs, the views' labels and, when the
+  method reads the image besides the frozen output (``cache_needs_images``: the adapter), the
+  views' images (one channel of them when the three are equal, as for one modality repeated).
+  A 2-step run of batch 4 encodes 8 slice-views, not every slice in every view;
 * each training step then picks (slice, view) pairs: the slices exactly as without the cache (a
   fresh permutation per epoch, from ``(seed, epoch)``), and for each slice the view given by
   :func:`view_schedule` (from ``(seed, epoch)``: every view once per ``V`` epochs, in a seeded
-  order). Nothing depends on a running random state, so a resumed run rebuilds the same cache and
-  continues exactly as the uninterrupted run;
+  order). Nothing depends on a running random state, so a resumed run encodes the same batches
+  its remaining steps read and continues exactly as the uninterrupted run;
 * the method finishes the forward pass from the cached output
   (:meth:`~medsaga.methods.base.TuningMethod.forward_from_frozen`): an epoch costs decoder (and
   adapter) time, not encoder time.
 
-The cost is paid up front and reported: the build's seconds (``N·V`` frozen forward passes plus
-the augmentations) and the cache's bytes go to report.json, and the throughput including the
-build beside the throughput of the steps. Storage is float32 by default; ``fp16``/``bf16`` halve
-it (the images are then kept in float16, whose 11-bit mantissa loses under 5e-4 on [0, 1]).
+Which batches the encoder sees matters to the last bit (a row's output depends, to float
+rounding, on the other rows of its batch), so the grouping is fixed by the seed too: a run that
+reads every pair encodes them in the blocks the whole cache was always built in
+(:func:`block_groups`: the same embeddings, so the same trained weights, as before the cache
+encoded only what is read); a shorter run groups them by the micro-batch that first reads them.
+
+The cost is paid before the first step and reported: the build's seconds (one frozen forward
+pass per encoded slice-view plus the augmentations), how many of the ``N·V`` slice-views it
+encoded and why, and the cache's bytes go to report.json, and the throughput including the build
+beside the throughput of the steps. A ``--time-budget`` run does not know its steps in advance:
+its cache is ``lazy`` (each step encodes the pairs it reads that are not held yet, timed apart from
+the step; :mod:`medsaga.train.time_budget` projects that encoding when it fixes the total). Storage
+is float32 by default; ``fp16``/``bf16`` halve it (the images are then kept in float16, whose
+11-bit mantissa loses under 5e-4 on [0, 1]).
 
 ``medsaga finetune --cache-embeddings auto`` (the default) turns the cache on for a method with a
-cacheable part when the run trains on at least as many slices as the cache holds views
-(:func:`use_cache`): from there on it saves encoder passes; a short smoke-test run keeps the plain
-loop. The benchmark's ``@cache`` flag forces it.
+cacheable part under the lean memory profile (a cached step never runs the frozen part on the
+device), and under ``--speed`` when the run trains on at least as many slices as the cache holds
+views (:func:`use_cache`); the benchmark's ``@cache`` flag forces it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,57 +75,143 @@ CACHE_MODES = ("auto", "on", "off")
 Progress = Callable[[int, int], None]
 
 
-@dataclass
-class EmbeddingCache:
-    """Fixed views of the training slices and the frozen encoder part's output on each.
+Pair = tuple[int, int]
+"""A cache entry as the steps name it: ``(slice position, view)``; its entry number is ``slice * views + view``."""
 
-    Entry ``e = slice * views + view``. Tensors live on the CPU, in the storage dtype.
+StepReads = Callable[[int], list[list[Pair]]]
+"""``step`` (0-based) → the pairs each of its micro-batches reads (the global batch, in order)."""
+
+_Made = list[tuple[list[int], torch.Tensor | None, torch.Tensor | None, torch.Tensor]]
+"""Per encoded group: its entries, frozen outputs (``None`` where another rank encoded it), images, labels."""
+
+
+ENCODE_MODES = ("read", "lazy", "all")
+"""What :func:`plan_cache` encodes: ``read``: before the first step, what the run's steps read;
+``lazy``: each step, what it reads and is not cached yet (a ``--time-budget`` run, whose total
+is not known before its steps); ``all``: every entry before the first step (the cache before
+issue 29, kept for reference)."""
+
+BLOCKS = "blocks"
+FIRST_READ = "first-read"
+
+
+class EmbeddingCache:
+    """Fixed views of the training slices and the frozen encoder part's output on each: the
+    entries the run encoded (:attr:`encoded` of ``count · views``).
+
+    Entry ``e = slice * views + view``. Tensors live on the CPU, in the storage dtype, in chunks
+    (one per encoded group, or one per build under torchrun).
 
     Attributes:
         count: training slices ``N``.
         views: views per slice ``V``.
-        frozen: frozen-part outputs ``(N·V, ...)`` (SAM's embeddings ``(N·V, 256, S/16, S/16)``);
-            ``None`` for views kept without the encoder's outputs (the reference the cache is
-            tested against: the whole model then runs on the stored views every step).
-        images: the views' images in [0, 1], or ``None`` when not needed: ``(N·V, 1, S, S)`` when
-            the three channels of every view are equal (one modality repeated: a third of the
-            memory), else ``(N·V, 3, S, S)``; :meth:`batch` hands out three channels either way.
-        labels: the views' labels ``(N·V, S, S)`` (uint8 when the classes fit).
-        dtype: ``fp32``, ``fp16`` or ``bf16``, the storage of ``frozen`` (``images``: float32 with
-            ``fp32``, else float16).
+        dtype: ``fp32``, ``fp16`` or ``bf16``, the storage of the frozen outputs (images: float32
+            with ``fp32``, else float16).
         frozen_module: where the frozen part lives in the model (``sam.image_encoder``...).
-        build_seconds: wall time of :func:`build_cache`.
+        build_seconds: seconds spent making views and encoding them (the build before the first
+            step, plus any encoding inside the steps of a ``lazy`` cache).
+        order: how entries were grouped into encoder batches (:data:`BLOCKS` or :data:`FIRST_READ`,
+            see :func:`plan_cache`).
+        keeps_frozen: ``False`` for views kept without the encoder's outputs (the reference the
+            cache is tested against: the whole model then runs on the stored views every step).
+        keeps_images: whether the views' images are kept (the adapter reads them; always without
+            ``keeps_frozen``): one channel per entry when its three are equal (one modality
+            repeated: a third of the memory), else three; :meth:`batch` hands out three either way.
     """
 
-    count: int
-    views: int
-    frozen: torch.Tensor | None
-    images: torch.Tensor | None
-    labels: torch.Tensor
-    dtype: str
-    frozen_module: str
-    build_seconds: float = 0.0
+    def __init__(self, count: int, views: int, dtype: str, frozen_module: str, *, keeps_frozen: bool,
+                 keeps_images: bool, order: str = BLOCKS) -> None:
+        self.count = count
+        self.views = views
+        self.dtype = dtype
+        self.frozen_module = frozen_module
+        self.keeps_frozen = keeps_frozen
+        self.keeps_images = keeps_images
+        self.order = order
+        self.build_seconds = 0.0
+        self.label_dtype = torch.uint8  # new_cache() widens it where a class value does not fit a byte
+        self._frozen: list[torch.Tensor] = []
+        self._images: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._where: dict[int, tuple[int, int]] = {}  # entry -> (chunk, row)
 
-    def batch(self, samples: Sequence[tuple[int, int]]) -> tuple[torch.Tensor | None, torch.Tensor | None,
-                                                                 torch.Tensor]:
+    @property
+    def entries(self) -> int:
+        """Entries the cache could hold: ``count · views``."""
+        return self.count * self.views
+
+    @property
+    def encoded(self) -> int:
+        """Entries held."""
+        return len(self._where)
+
+    def holds(self, pair: Pair) -> bool:
+        return pair[0] * self.views + pair[1] in self._where
+
+    def add(self, entries: Sequence[int], frozen: torch.Tensor | None, images: torch.Tensor | None,
+            labels: torch.Tensor) -> None:
+        """One chunk: ``entries`` and their rows of frozen outputs, images and labels."""
+        chunk = len(self._labels)
+        self._labels.append(labels)
+        if frozen is not None:
+            self._frozen.append(frozen)
+        if images is not None:
+            self._images.append(images)
+        for row, entry in enumerate(entries):
+            self._where[entry] = (chunk, row)
+
+    def batch(self, samples: Sequence[Pair]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """``(slice, view)`` pairs → frozen outputs, images (float32) or ``None``, labels (int64)."""
-        entries = torch.tensor([position * self.views + view for position, view in samples], dtype=torch.long)
-        frozen = self.frozen.index_select(0, entries) if self.frozen is not None else None
-        images = (self.images.index_select(0, entries).float().expand(-1, 3, -1, -1)
-                  if self.images is not None else None)
-        return frozen, images, self.labels.index_select(0, entries).long()
+        places = []
+        for position, view in samples:
+            place = self._where.get(position * self.views + view)
+            if place is None:
+                raise RuntimeError(f"embedding cache: slice {position} view {view} was not encoded (the cache plan "
+                                   "missed a pair this step reads)")
+            places.append(place)
+        frozen = torch.stack([self._frozen[c][r] for c, r in places]) if self._frozen else None
+        images = (torch.stack([self._images[c][r].float().expand(3, -1, -1) for c, r in places])
+                  if self._images else None)
+        return frozen, images, torch.stack([self._labels[c][r] for c, r in places]).long()
+
+    def _rows(self, chunks: list[torch.Tensor]) -> torch.Tensor | None:
+        if not chunks:
+            return None
+        rows = [chunks[c][r] for _, (c, r) in sorted(self._where.items())]
+        if any(row.shape != rows[0].shape for row in rows):  # one- and three-channel image chunks
+            rows = [row.expand(3, -1, -1) for row in rows]
+        return torch.stack(rows)
+
+    @property
+    def frozen(self) -> torch.Tensor | None:
+        """Frozen outputs of the held entries, in entry order ``(encoded, ...)`` (a copy)."""
+        return self._rows(self._frozen)
+
+    @property
+    def images(self) -> torch.Tensor | None:
+        """Images of the held entries, in entry order ``(encoded, 1 or 3, S, S)`` (a copy)."""
+        return self._rows(self._images)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Labels of the held entries, in entry order ``(encoded, S, S)`` (a copy)."""
+        rows = self._rows(self._labels)
+        assert rows is not None
+        return rows
 
     @property
     def nbytes(self) -> int:
         """Bytes held: frozen outputs, images and labels."""
-        return sum(_bytes(tensor) for tensor in (self.frozen, self.images, self.labels))
+        return sum(_bytes(tensor) for tensor in (*self._frozen, *self._images, *self._labels))
 
     def describe(self) -> dict[str, Any]:
         """What report.json records about the cache."""
-        return {"views": self.views, "slices": self.count, "entries": self.count * self.views, "dtype": self.dtype,
-                "frozen_module": self.frozen_module, "stores_images": self.images is not None,
-                "bytes": self.nbytes, "frozen_output_bytes": _bytes(self.frozen), "image_bytes": _bytes(self.images),
-                "label_bytes": _bytes(self.labels), "build_seconds": self.build_seconds}
+        return {"views": self.views, "slices": self.count, "entries": self.entries, "encoded": self.encoded,
+                "order": self.order, "dtype": self.dtype,
+                "frozen_module": self.frozen_module, "stores_images": bool(self._images),
+                "bytes": self.nbytes, "frozen_output_bytes": sum(map(_bytes, self._frozen)),
+                "image_bytes": sum(map(_bytes, self._images)), "label_bytes": sum(map(_bytes, self._labels)),
+                "build_seconds": self.build_seconds}
 
 
 def check_cache_mode(mode: str, method: TuningMethod) -> None:
@@ -134,10 +232,11 @@ def use_cache(mode: str, method: TuningMethod, *, samples: int, entries: int, ca
     device, whatever the run's length) or the run trains on at least as many samples as the cache
     holds entries.
 
-    Why that threshold: the build runs the frozen part once per entry (``slices × views``), the
-    uncached loop once per sample trained (``steps × slices per step``); the cached steps cost
-    the rest of the model either way. So the cache costs less in all from there on, and a short
-    run (a smoke test of a few steps) keeps the plain loop. Why the budget: a LiteMedSAM
+    Why that threshold under ``--speed``: the cache encodes only the pairs the steps read
+    (:func:`plan_cache`), so it never costs more encoder passes than the plain loop; but a run
+    shorter than that reads nearly every pair once, saves next to nothing, and would trade the
+    fresh augmentation of every step for fixed views: a short run (a smoke test of a few steps)
+    keeps the plain loop. Why the budget: a LiteMedSAM
     embedding is 64 × 64 × 256 floats (4 MiB), so 5 shots of brain MRI with 4 views each would
     ask for ~13 GiB of RAM; ``auto`` never risks running the machine out of memory.
     """
@@ -191,77 +290,237 @@ def frozen_module_name(model: nn.Module, method: TuningMethod) -> str:
     return next((name for name, module in model.named_modules() if module is frozen), type(frozen).__name__)
 
 
+def new_cache(model: nn.Module, method: TuningMethod, data: TrainingSlices, *, views: int, dtype: str = "fp32",
+              encode: bool = True, order: str = BLOCKS) -> EmbeddingCache:
+    """An empty cache for ``data`` (see :func:`encode_groups`); ``encode=False`` keeps the views only."""
+    check_cache_settings(views, dtype)
+    if encode and method.frozen_encoder(model) is None:
+        raise ValueError(f"method {method.name!r} has no cacheable frozen encoder part")
+    cache = EmbeddingCache(len(data), views, dtype, frozen_module_name(model, method) if encode else "",
+                           keeps_frozen=encode, keeps_images=not encode or method.cache_needs_images, order=order)
+    # Labels are classes 0..C: one byte each unless there are more than 255 classes.
+    cache.label_dtype = torch.uint8 if max((int(stack.labels.max()) for stack in data.stacks if stack.labels.numel()),
+                                           default=0) < 256 else torch.int64
+    return cache
+
+
+def encode_groups(cache: EmbeddingCache, model: nn.Module, method: TuningMethod, data: TrainingSlices,
+                  augmenter: Augmenter, groups: Sequence[Sequence[Pair]], *, device: torch.device,
+                  autocast: contextlib.AbstractContextManager[Any] | None = None,
+                  progress: Progress | None = None) -> tuple[float, int]:
+    """Make the views of ``groups`` and, when the cache keeps them, run the frozen part on each
+    group as one batch; add them to ``cache``. Returns (seconds, entries added).
+
+    A group is one encoder batch: the frozen part's output on a row depends (to float rounding) on
+    the other rows of its batch, so the grouping is part of what makes a run repeatable
+    (:func:`plan_cache` fixes it from the seed). ``model`` must be prepared by ``method`` and already
+    on ``device``; its train/eval mode is left as it is (the frozen part is deterministic either
+    way). ``autocast`` is the training precision's context (bf16 autocast, or none), so the cached
+    outputs are what the uncached steps would compute.
+
+    Under torchrun each rank encodes every N-th group only, and the shares are summed into every
+    rank's copy (each row is non-zero on exactly one rank, so the sum is exact): the encoder's work
+    is done once over all ranks, not once per rank. The views (cheap) are made on every rank.
+    """
+    rank = distributed.current()
+    started = time.perf_counter()
+    frozen_part = method.frozen_encoder(model) if cache.keeps_frozen else None
+    image_dtype = torch.float32 if cache.dtype == "fp32" else torch.float16
+    storage = CACHE_DTYPES[cache.dtype]
+    total = sum(len(group) for group in groups)
+    made: _Made = []
+    done = 0
+    for index, group in enumerate(groups):
+        positions = [position for position, _ in group]
+        images, labels = data.batch(positions)
+        augmented = [row for row, (_, view) in enumerate(group) if view > 0]
+        if augmented:  # each view from its own seed: the same images in any group
+            views, view_labels = augmenter.apply(images[augmented], labels[augmented],
+                                                 [view_seed(augmenter.seed, *group[row]) for row in augmented])
+            images, labels = images.clone(), labels.clone()
+            images[augmented], labels[augmented] = views, view_labels
+        entries = [position * cache.views + view for position, view in group]
+        kept = None
+        if cache.keeps_images:  # one channel while the three are equal (single-modality data, the usual case)
+            kept = (images[:, :1] if _channels_equal(images) else images).to(image_dtype)
+        output = None
+        if frozen_part is not None and index % rank.world_size == rank.rank:
+            with torch.inference_mode(), autocast or contextlib.nullcontext():
+                output = frozen_part(model.normalize(images.to(device)))  # type: ignore[operator]
+            # Copied out of inference mode into an ordinary tensor training may read.
+            output = output.to(device="cpu", dtype=storage).clone()
+        made.append((entries, output, kept, labels.to(cache.label_dtype)))
+        done += len(group)
+        if progress is not None:
+            progress(done, total)
+    if frozen_part is not None and rank.distributed and made:
+        made = _share_encoded(made, storage)
+    for entries, output, kept, labels in made:
+        cache.add(entries, output, kept, labels)
+    seconds = time.perf_counter() - started
+    cache.build_seconds += seconds
+    return seconds, total
+
+
 def build_cache(model: nn.Module, method: TuningMethod, data: TrainingSlices, augmenter: Augmenter, *, views: int,
                 batch_size: int, device: torch.device, dtype: str = "fp32",
                 autocast: contextlib.AbstractContextManager[Any] | None = None, encode: bool = True,
-                progress: Progress | None = None) -> EmbeddingCache:
-    """Compute every view of every slice once and, with ``encode``, the frozen part's output on it.
+                progress: Progress | None = None, groups: Sequence[Sequence[Pair]] | None = None,
+                order: str = BLOCKS) -> EmbeddingCache:
+    """A cache of ``groups`` (default: every entry, :func:`block_groups`), built now: see
+    :func:`encode_groups`. ``encode=False`` keeps the views (images always) without running the
+    encoder."""
+    cache = new_cache(model, method, data, views=views, dtype=dtype, encode=encode, order=order)
+    encode_groups(cache, model, method, data, augmenter,
+                  block_groups(len(data), views, batch_size) if groups is None else groups,
+                  device=device, autocast=autocast, progress=progress)
+    return cache
 
-    ``model`` must be prepared by ``method`` and already on ``device``; its train/eval mode is left
-    as it is (the frozen part is deterministic either way). ``autocast`` is the training precision's
-    context (bf16 autocast, or none), so the cached outputs are what the uncached steps would
-    compute. ``encode=False`` keeps the views (images always) without running the encoder.
 
-    Under torchrun each rank encodes its share of the batches only, and the shares are summed into
-    every rank's copy (each entry is non-zero on exactly one rank, so the sum is exact): the
-    encoder's work is done once over all ranks, not once per rank. The views (cheap) are made on
-    every rank.
+def block_groups(count: int, views: int, batch_size: int) -> list[list[Pair]]:
+    """Every entry, grouped as the whole cache has always been built: ``batch_size`` consecutive
+    slices in one view, the views of a block one after the other."""
+    return [[(position, view) for position in range(first, min(first + batch_size, count))]
+            for first in range(0, count, batch_size) for view in range(views)]
+
+
+class _FirstReads:
+    """The pairs in the order the steps from step 0 first read them, grouped by micro-batch: the
+    group of a pair is the new pairs of the micro-batch that read it first. It depends on the seed
+    and the batch only, not on the run's length or where a resumed run starts, so every run of
+    these settings encodes a pair in the same batch."""
+
+    def __init__(self, step_reads: StepReads, entries: int) -> None:
+        self.step_reads = step_reads
+        self.entries = entries
+        self.walked = 0
+        self.groups: list[list[Pair]] = []
+        self.group_of: dict[Pair, int] = {}
+
+    def walk_to(self, step: int) -> None:
+        """Know the groups of every pair steps ``0 .. step - 1`` read."""
+        while self.walked < step and len(self.group_of) < self.entries:  # once all are seen, none is new
+            for micro in self.step_reads(self.walked):
+                new = list(dict.fromkeys(pair for pair in micro if pair not in self.group_of))
+                if new:
+                    for pair in new:
+                        self.group_of[pair] = len(self.groups)
+                    self.groups.append(new)
+            self.walked += 1
+        self.walked = max(self.walked, step)
+
+
+def distinct_reads(step_reads: StepReads, first: int, last: int, entries: int) -> set[Pair]:
+    """The distinct pairs steps ``first .. last - 1`` read (the walk stops once all ``entries`` are seen)."""
+    seen: set[Pair] = set()
+    for step in range(first, last):
+        if len(seen) >= entries:
+            break
+        for micro in step_reads(step):
+            seen.update(micro)
+    return seen
+
+
+@dataclass
+class CachePlan:
+    """What a run encodes, and in which batches (:func:`plan_cache`).
+
+    Attributes:
+        mode: ``read``, ``lazy`` or ``all`` (:data:`ENCODE_MODES`).
+        order: :data:`BLOCKS` or :data:`FIRST_READ`.
+        groups: encoded before the first step (empty for ``lazy``).
+        read: distinct pairs the steps read (``lazy``: ``None`` until the run's length is known).
     """
-    rank = distributed.current()
-    check_cache_settings(views, dtype)
-    frozen_part = method.frozen_encoder(model) if encode else None
-    if encode and frozen_part is None:
-        raise ValueError(f"method {method.name!r} has no cacheable frozen encoder part")
-    started = time.perf_counter()
-    count = len(data)
-    keep_images = not encode or method.cache_needs_images
-    image_dtype = torch.float32 if dtype == "fp32" else torch.float16
-    storage = CACHE_DTYPES[dtype]
-    frozen: torch.Tensor | None = None
-    images_store: torch.Tensor | None = None
-    labels_store: torch.Tensor | None = None
-    # Labels are classes 0..C: one byte each unless there are more than 255 classes.
-    label_dtype = torch.uint8 if max((int(stack.labels.max()) for stack in data.stacks if stack.labels.numel()),
-                                  default=0) < 256 else torch.int64
-    done = 0
-    for first in range(0, count, batch_size):
-        encodes_here = (first // batch_size) % rank.world_size == rank.rank
-        positions = list(range(first, min(first + batch_size, count)))
-        plain_images, plain_labels = data.batch(positions)
-        if labels_store is None:
-            size = plain_images.shape[-1]
-            labels_store = torch.empty((count * views, size, size), dtype=label_dtype)
-            if keep_images:  # one channel while the three are equal (single-modality data, the usual case)
-                images_store = torch.empty((count * views, 1, size, size), dtype=image_dtype)
-        for view in range(views):
-            if view == 0:
-                images, labels = plain_images, plain_labels
-            else:
-                images, labels = augmenter.apply(plain_images, plain_labels,
-                                                 [view_seed(augmenter.seed, position, view) for position in positions])
-            entries = torch.tensor([position * views + view for position in positions], dtype=torch.long)
-            labels_store.index_copy_(0, entries, labels.to(label_dtype))
-            if images_store is not None:
-                if images_store.shape[1] == 1 and not _channels_equal(images):
-                    images_store = images_store.expand(-1, 3, -1, -1).clone()
-                images_store.index_copy_(0, entries, images[:, :images_store.shape[1]].to(image_dtype))
-            if frozen_part is not None and encodes_here:
-                with torch.inference_mode(), autocast or contextlib.nullcontext():
-                    output = frozen_part(model.normalize(images.to(device)))  # type: ignore[operator]
-                # Copied (index_copy_) out of inference mode into an ordinary tensor training may read.
-                output = output.to(device="cpu", dtype=storage)
-                if frozen is None:
-                    frozen = torch.zeros((count * views, *output.shape[1:]), dtype=storage)
-                frozen.index_copy_(0, entries, output)
-            done += len(positions)
-            if progress is not None:
-                progress(done, count * views)
-    assert labels_store is not None  # TrainingSlices is never empty
-    if frozen_part is not None and rank.distributed:
-        frozen = _share_encoded(frozen, count * views, storage)
-    name = frozen_module_name(model, method) if encode else ""
-    return EmbeddingCache(count, views, frozen, images_store, labels_store, dtype, name,
-                          time.perf_counter() - started)
+
+    mode: str
+    order: str
+    groups: list[list[Pair]]
+    read: int | None
+    step_reads: StepReads
+    entries: int
+    _first_reads: _FirstReads | None = None
+
+    def step_groups(self, step: int, cache: EmbeddingCache) -> list[list[Pair]]:
+        """``lazy``: the groups holding the pairs step ``step`` reads that the cache does not hold yet."""
+        assert self._first_reads is not None
+        self._first_reads.walk_to(step + 1)
+        wanted = dict.fromkeys(self._first_reads.group_of[pair] for micro in self.step_reads(step) for pair in micro
+                               if not cache.holds(pair))
+        return [self._first_reads.groups[index] for index in wanted]
+
+    def future_encodes(self, next_step: int, cache: EmbeddingCache) -> Iterator[int]:
+        """``lazy``: the entries steps ``next_step``, ``next_step + 1``, ... will encode, one count a
+        step; ends once every entry would be held (what the time budget projects the run's encoding from)."""
+        assert self._first_reads is not None
+        held = cache.encoded
+        encoded: set[int] = set()
+        step = next_step
+        while held < self.entries:
+            self._first_reads.walk_to(step + 1)
+            count = 0
+            for micro in self.step_reads(step):
+                for pair in micro:
+                    group = self._first_reads.group_of[pair]
+                    if group not in encoded and not cache.holds(pair):
+                        encoded.add(group)
+                        count += len(self._first_reads.groups[group])
+            held += count
+            yield count
+            step += 1
+
+    def summary(self, steps: int, slices_per_step: int, encoded: int) -> str:
+        """What the cache encoded and why, one phrase: ``8 of 640 slice-views encoded (what 2 steps
+        x 4 slices read)``."""
+        read = self.read if self.read is not None else encoded
+        run = f"{steps} step{'s' * (steps != 1)} x {slices_per_step} slices"
+        if self.mode == "all":
+            what = "every one, built before the first step"
+        elif read == self.entries:
+            what = f"{run} read every one"
+        else:
+            what = f"what {run} read" + (f": {read} distinct" if read != steps * slices_per_step else "")
+        if self.mode != "all" and encoded > read:  # a resumed run: whole encoder batches, as the first run made them
+            what += f"; {encoded - read} more share an encoder batch with them"
+        if self.mode == "lazy":
+            what += ", each encoded at the step that first read it"
+        return f"{encoded} of {self.entries} slice-views encoded ({what})"
+
+
+def plan_cache(step_reads: StepReads, *, count: int, views: int, batch_size: int, first_step: int,
+               total_steps: int | None, mode: str = "read") -> CachePlan:
+    """Which entries a run encodes, grouped into which encoder batches.
+
+    ``read`` (``total_steps`` known): before the first step, the pairs steps ``first_step ..
+    total_steps - 1`` read. When the whole run (from step 0) reads every pair, they are grouped as
+    the whole cache always was (:func:`block_groups`: the run trains exactly as with the whole cache
+    built up front); otherwise by first read (:class:`_FirstReads`: a fresh run encodes exactly the
+    pairs it reads, no more). A resumed run encodes the groups that hold a pair its remaining steps
+    read: the same batches as the uninterrupted run, so it continues exactly as that run would.
+
+    ``lazy`` (the total is not known: a ``--time-budget`` run): nothing before the first step; each
+    step encodes the first-read groups of its pairs not yet held (:meth:`CachePlan.step_groups`).
+
+    ``all``: every entry, in blocks, before the first step.
+    """
+    if mode not in ENCODE_MODES:
+        raise ValueError(f"cache encode mode must be one of {', '.join(ENCODE_MODES)}, got {mode!r}")
+    entries = count * views
+    blocks = block_groups(count, views, batch_size)
+    if mode == "all":
+        return CachePlan(mode, BLOCKS, blocks, entries, step_reads, entries)
+    if mode == "lazy":
+        return CachePlan(mode, FIRST_READ, [], None, step_reads, entries, _FirstReads(step_reads, entries))
+    if total_steps is None:
+        raise ValueError("cache encode mode 'read' needs the run's total steps (use 'lazy')")
+    needed = distinct_reads(step_reads, first_step, total_steps, entries)
+    if len(distinct_reads(step_reads, 0, total_steps, entries)) == entries:
+        return CachePlan(mode, BLOCKS, [group for group in blocks if any(pair in needed for pair in group)],
+                         len(needed), step_reads, entries)
+    first_reads = _FirstReads(step_reads, entries)
+    first_reads.walk_to(total_steps)
+    wanted = sorted({first_reads.group_of[pair] for pair in needed})
+    return CachePlan(mode, FIRST_READ, [first_reads.groups[index] for index in wanted], len(needed), step_reads,
+                     entries, first_reads)
 
 
 _SCHEDULES: dict[tuple[int, int, int, int], np.ndarray] = {}
@@ -283,17 +542,25 @@ def view_schedule(count: int, views: int, seed: int, epoch: int) -> np.ndarray:
     return _SCHEDULES[key][:, turn]
 
 
-def _share_encoded(frozen: torch.Tensor | None, entries: int, storage: torch.dtype) -> torch.Tensor:
-    """Every rank's encoded entries in every rank's cache: a sum of the ranks' tensors, zero where
-    a rank did not encode, summed as integers of the same width (exact in any float dtype, and gloo
-    need not support bf16)."""
-    shapes = [shape for shape in distributed.gather_objects(None if frozen is None else tuple(frozen.shape))
-              if shape is not None]
-    if frozen is None:  # this rank had no batch to encode (fewer batches than ranks)
-        frozen = torch.zeros(shapes[0], dtype=storage)
-    as_integers = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[frozen.element_size()]
-    distributed.cpu_all_reduce_(frozen.view(as_integers))
-    return frozen
+def _share_encoded(made: _Made, storage: torch.dtype) -> _Made:
+    """Every rank's encoded groups in every rank's cache: one tensor of all the groups' rows, zero
+    where a rank did not encode, summed over the ranks as integers of the same width (exact in any
+    float dtype, and gloo need not support bf16); handed back as one view of it per group."""
+    shapes = [shape for shape in distributed.gather_objects(
+        next((tuple(output.shape[1:]) for _, output, _, _ in made if output is not None), None)) if shape is not None]
+    rows = sum(len(entries) for entries, _, _, _ in made)
+    shared = torch.zeros((rows, *shapes[0]), dtype=storage)
+    offsets = []
+    offset = 0
+    for entries, output, _, _ in made:
+        if output is not None:
+            shared[offset:offset + len(entries)] = output
+        offsets.append(offset)
+        offset += len(entries)
+    as_integers = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[shared.element_size()]
+    distributed.cpu_all_reduce_(shared.view(as_integers))
+    return [(entries, shared[start:start + len(entries)], kept, labels)
+            for (entries, _, kept, labels), start in zip(made, offsets)]
 
 
 def _channels_equal(images: torch.Tensor) -> bool:

@@ -6,10 +6,12 @@ seeded from (seed, step), so a run resumed from a checkpoint at step k continues
 uninterrupted run would have.
 
 With ``cache_views`` set (methods with a cacheable frozen encoder part), the loop first builds an
-:class:`~medsaga.train.embedding_cache.EmbeddingCache` (fixed augmented views of every slice and the
-frozen part's output on each), then every step trains on cached (slice, view) pairs chosen from
-(seed, step) and asks the method to finish the forward pass from the cached output. The build is
-timed apart from the steps (see :mod:`medsaga.train.embedding_cache`).
+:class:`~medsaga.train.embedding_cache.EmbeddingCache` of the (slice, view) pairs its steps will read
+(fixed augmented views and the frozen part's output on each; :func:`~medsaga.train.embedding_cache.plan_cache`
+knows them from (seed, step) before the first step), then every step trains on its cached pairs
+and asks the method to finish the forward pass from the cached output. The build is timed apart
+from the steps; a ``--time-budget`` run, whose length is not known yet, encodes each step's new
+pairs just before the step, also timed apart (see :mod:`medsaga.train.embedding_cache`).
 
 Under ``torchrun`` (:mod:`medsaga.distributed`) every rank runs this same loop on its contiguous
 share of each global batch (``batch_size`` is the global batch): DistributedDataParallel averages
@@ -45,7 +47,8 @@ from medsaga.model.fast_attention import speed_up_encoder
 from medsaga.optim import check_layerwise_compatible, warmup_poly_lr
 from medsaga.train.augment import Augmenter
 from medsaga.train.data import TrainingSlices
-from medsaga.train.embedding_cache import EmbeddingCache, build_cache, view_schedule
+from medsaga.train.embedding_cache import (ENCODE_MODES, CachePlan, EmbeddingCache, Pair, distinct_reads, encode_groups,
+                                           new_cache, plan_cache, view_schedule)
 from medsaga.train.memory import (GradientMeter, MemoryBreakdown, PeakMemory, SavedActivationMeter, StepTensorPeak,
                                   optimizer_state_bytes, parameter_bytes)
 from medsaga.train.resume import CHECKPOINT_DIR, load_training_state, save_training_state
@@ -75,6 +78,11 @@ class LoopSettings:
             ``V >= 1`` trains on the embedding cache with ``V`` fixed views per slice (view 0
             unaugmented), for a method whose ``encoder_cacheable`` is true.
         cache_dtype: storage of the cached outputs: ``fp32``, ``fp16`` or ``bf16``.
+        cache_encode: which entries the cache encodes (:func:`~medsaga.train.embedding_cache.plan_cache`):
+            ``read``: those the steps read, before the first step; ``lazy``: each step's new ones
+            before that step (always with a ``time_budget``: the total is not known before the
+            steps; a resumed budget run must say ``lazy`` too, to encode in the same batches);
+            ``all``: every entry up front.
         fast_attention: run the image encoder's attention without the work on window padding
             (:mod:`medsaga.model.fast_attention`: exact, outputs and gradients equal to SAM's to
             float rounding); ``False`` keeps SAM's own padded-window attention.
@@ -96,6 +104,7 @@ class LoopSettings:
     checkpoint_every: int = 0
     cache_views: int = 0
     cache_dtype: str = "fp32"
+    cache_encode: str = "read"
     fast_attention: bool = True
     tensor_peak_step: int | None = None
 
@@ -175,6 +184,8 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
         raise ValueError(f"cache_views must be 0 (no cache) or more, got {settings.cache_views}")
     if settings.cache_views and not method.encoder_cacheable:
         raise ValueError(f"method {method.name!r} has no cacheable frozen encoder part (cache_views must be 0)")
+    if settings.cache_encode not in ENCODE_MODES:
+        raise ValueError(f"cache_encode must be one of {', '.join(ENCODE_MODES)}, got {settings.cache_encode!r}")
     rank = distributed.current()
     if settings.batch_size % rank.world_size:
         raise ValueError(f"batch_size {settings.batch_size} (the global batch) is not divisible by the "
@@ -212,10 +223,21 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     steps_per_epoch = len(data) / slices_per_step
     peak = PeakMemory(device)  # taken before the cache is built: the cache counts toward the peak
     cache: EmbeddingCache | None = None
+    plan: CachePlan | None = None
     if settings.cache_views:
-        cache = build_cache(model, method, data, augmenter, views=settings.cache_views, batch_size=settings.batch_size,
-                            device=device, dtype=settings.cache_dtype, autocast=_autocast(device, settings.precision),
-                            encode=cache_encoder, progress=getattr(observer, "on_cache_progress", None))
+        views, count = settings.cache_views, len(data)
+        plan = plan_cache(lambda step: _step_pairs(count, views, settings, step), count=count, views=views,
+                          batch_size=settings.batch_size, first_step=first_step, total_steps=settings.steps,
+                          # the total is not known before a budget's steps: encode as they read
+                          mode="lazy" if time_budget is not None else settings.cache_encode)
+        cache = new_cache(model, method, data, views=views, dtype=settings.cache_dtype, encode=cache_encoder,
+                          order=plan.order)
+        if plan.groups:
+            encode_groups(cache, model, method, data, augmenter, plan.groups, device=device,
+                          autocast=_autocast(device, settings.precision),
+                          progress=getattr(observer, "on_cache_progress", None))
+    lazy = plan is not None and plan.mode == "lazy"
+    lazy_seconds = 0.0  # encoding inside the loop (a lazy cache): not step time
     parameter_dtype = next(model.parameters()).dtype
     observer.on_start(settings.steps, first_step, steps_per_epoch)
     autocast = _autocast(device, settings.precision)
@@ -230,6 +252,8 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     started = time.perf_counter()
     if time_budget is not None:
         time_budget.steps_begin()  # the time so far (reading, model, cache) counted toward the budget
+        if lazy:  # the encoding the remaining steps will do, for the total the budget fixes
+            time_budget.future_encodes = lambda next_step: plan.future_encodes(next_step, cache)
     loss_value = math.nan
     writes = rank.is_main and save_state  # only rank 0 writes the run folder
     # The step of the newest checkpoint on disk (every rank tracks it: the divergence line names it).
@@ -238,6 +262,17 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
         for step in range(first_step, settings.steps):
             if step >= settings.steps:  # a time budget fixed the total below the upper bound
                 break
+            encode_seconds, encoded = 0.0, 0
+            if lazy:  # this step's pairs the cache does not hold yet, before (and timed apart from) the step
+                assert plan is not None and cache is not None
+                groups = plan.step_groups(step, cache)
+                if groups:
+                    # On the budget's own clock (wall, or this process's CPU seconds) for the budget.
+                    before = time_budget.clock() if time_budget is not None else 0.0
+                    seconds, encoded = encode_groups(cache, model, method, data, augmenter, groups, device=device,
+                                                     autocast=autocast)
+                    lazy_seconds += seconds
+                    encode_seconds = time_budget.clock() - before if time_budget is not None else seconds
             step_started = time.perf_counter()
             torch.manual_seed(_mix(settings.seed, step))  # noise inside methods (Conv-LoRA's gate)
             # Before the profiled step begins: the last step's gradients are not held between steps.
@@ -254,7 +289,8 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
                                    activations, device, parameter_dtype, step)
             if meter is not None:
                 tensor_peak = meter.describe(step + 1)
-            if time_budget is not None and not time_budget.resolved and time_budget.step_done(step + 1) is not None:
+            if (time_budget is not None and not time_budget.resolved
+                    and time_budget.step_done(step + 1, encode_seconds=encode_seconds, encoded=encoded) is not None):
                 # Before scheduler.step(): the next step's lr is already the fitted schedule's.
                 settings = replace(settings, steps=time_budget.total_steps, warmup_steps=time_budget.warmup_steps)
                 if hasattr(observer, "on_total_steps"):
@@ -285,7 +321,7 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
                     _save_checkpoint(run_dir, step=step + 1, method=method, model=model, optimizer=optimizer,
                                      scheduler=scheduler)
                 last_checkpoint = step + 1
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started - lazy_seconds  # the steps' time; the cache's is its build_seconds
     if writes:
         _save_checkpoint(run_dir, step=settings.steps, method=method, model=model, optimizer=optimizer,
                          scheduler=scheduler)
@@ -296,8 +332,11 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     memory = MemoryBreakdown(frozen_bytes, trainable_bytes, gradients.peak, optimizer_state_bytes(optimizer),
                              activations.peak)
     cache_report = None
-    if cache is not None:
-        cache_report = {**cache.describe(),
+    if cache is not None and plan is not None:
+        if plan.read is None:  # lazy: the run's length is known now
+            plan.read = len(distinct_reads(plan.step_reads, first_step, settings.steps, plan.entries))
+        cache_report = {**cache.describe(), "encode": plan.mode, "read": plan.read,
+                        "summary": plan.summary(settings.steps - first_step, slices_per_step, cache.encoded),
                         "slices_per_second_including_build": slices / max(wall + cache.build_seconds, 1e-9)}
     peak_memory = peak.describe()
     if device.type == "cuda":  # max_memory_allocated counts tensor bytes already
@@ -364,7 +403,7 @@ def _step(forward: nn.Module, model: nn.Module, method: TuningMethod, data: Trai
                                        step=step * settings.grad_accum + micro, first_position=share.start)
         else:
             cached_output, images, labels = cache.batch(
-                [(position, int(view_schedule(len(data), cache.views, settings.seed, epoch)[position]))
+                [(position, _view(len(data), cache.views, settings.seed, epoch, position))
                  for epoch, position in samples])
             cached_output = cached_output.to(device=device, dtype=parameter_dtype) if cached_output is not None else None
         images = images.to(device) if images is not None else None
@@ -437,6 +476,18 @@ def _samples(count: int, seed: int, step: int, micro: int, batch_size: int,
         samples.append((epoch, int(_epoch_order(count, seed, epoch)[offset])))
     return samples
 
+
+def _view(count: int, views: int, seed: int, epoch: int, position: int) -> int:
+    """The cached view slice ``position`` is trained on in ``epoch``."""
+    return int(view_schedule(count, views, seed, epoch)[position])
+
+
+def _step_pairs(count: int, views: int, settings: LoopSettings, step: int) -> list[list[Pair]]:
+    """The (slice, view) pairs each micro-batch of ``step`` reads from the cache (the global batch)."""
+    return [[(position, _view(count, views, settings.seed, epoch, position))
+             for epoch, position in _samples(count, settings.seed, step, micro, settings.batch_size,
+                                              settings.grad_accum)]
+            for micro in range(settings.grad_accum)]
 
 
 _ORDER_CACHE: dict[tuple[int, int, int], np.ndarray] = {}

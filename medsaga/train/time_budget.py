@@ -10,6 +10,15 @@ total would (:func:`medsaga.optim.warmup_poly_lr`), so it reaches its end value 
 step, when the budget runs out. The resolved total is recorded in config.json, and ``--resume``
 continues with it (it does not re-time anything).
 
+The embedding cache of a budgeted run is lazy (:mod:`medsaga.train.embedding_cache`): a step
+first encodes the (slice, view) pairs it reads that are not cached yet. That encoding is timed
+apart (``encode_seconds`` of :meth:`StepBudget.step_done`): the probe's seconds a step are the
+steps' own, and the encoding is projected separately, at the seconds per slice-view the probe
+measured, for exactly the slice-views the remaining steps will encode (``future_encodes``: the
+order is fixed by the seed). The probe's steps are the ones that encode the most (at first every
+pair is new); counting that in a step's time would make later steps look several times dearer
+than they are and leave most of the budget unused.
+
 During the probe steps the total is not known yet: they train on a provisional warm-up ramp
 ``(t + 1) / PROBE_RAMP_STEPS``, a small learning rate, as the first steps of a warm-up do.
 
@@ -22,7 +31,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from medsaga.errors import InputError
 
@@ -64,14 +73,26 @@ def parse_duration(text: str) -> float:
 
 
 def steps_for_budget(budget_seconds: float, elapsed_seconds: float, seconds_per_step: float, steps_done: int,
-                     reserve_seconds: float) -> int:
+                     reserve_seconds: float, *, encodes: Iterable[int] | None = None,
+                     seconds_per_entry: float = 0.0) -> int:
     """The run's total steps: those done, plus as many more as fit in what is left of the budget.
 
+    ``encodes``: the slice-views each following step will encode first (a lazy embedding cache),
+    ending when nothing is left to encode; each costs ``seconds_per_entry`` on top of its step.
     Never fewer than ``steps_done`` (a budget already spent stops at once).
     """
     left = budget_seconds - elapsed_seconds - reserve_seconds
-    more = math.floor(left / seconds_per_step) if seconds_per_step > 0 and left > 0 else 0
-    return steps_done + max(0, more)
+    if seconds_per_step <= 0 or left <= 0:
+        return steps_done
+    more = 0
+    if encodes is not None and seconds_per_entry > 0:
+        for count in encodes:
+            cost = seconds_per_step + count * seconds_per_entry
+            if cost > left:
+                return steps_done + more
+            left -= cost
+            more += 1
+    return steps_done + more + max(0, math.floor(left / seconds_per_step))
 
 
 def warmup_steps_for(total_steps: int, warmup_fraction: float) -> int:
@@ -107,6 +128,10 @@ class StepBudget:
     resolved_after_seconds: float | None = None
     # Called once, with this budget, when the total is fixed (finetune records it in config.json).
     on_resolved: Callable[["StepBudget"], None] | None = None
+    # A lazy embedding cache: next step (0-based) -> the slice-views each step from there will encode.
+    future_encodes: Callable[[int], Iterator[int]] | None = None
+    encode_seconds: float = 0.0  # encoding inside the timed steps so far (not in step_seconds)
+    encoded: int = 0
     _last: float | None = None
 
     def __post_init__(self) -> None:
@@ -124,25 +149,31 @@ class StepBudget:
         self._last = self.clock()
         self.setup_seconds = self._last - self.started
 
-    def step_done(self, steps_done: int) -> int | None:
+    def step_done(self, steps_done: int, *, encode_seconds: float = 0.0, encoded: int = 0) -> int | None:
         """Call after each optimizer step (``steps_done`` counts this run's steps so far, from 1).
 
+        ``encode_seconds``: of the time since the last call, spent encoding ``encoded`` slice-views
+        for a lazy embedding cache (kept out of the step's time, projected apart).
         Returns the total steps once, the call that fixes it; ``None`` otherwise.
         """
         now = self.clock()
         if self._last is None:
             raise RuntimeError("steps_begin() was not called")
-        self.step_seconds.append(now - self._last)
+        self.step_seconds.append(max(0.0, now - self._last - encode_seconds))
+        self.encode_seconds += encode_seconds
+        self.encoded += encoded
         self._last = now
         # Slow steps (a big model on a CPU) would spend the budget on the probe: fix the total early.
-        slow = sum(self.step_seconds) >= self.probe_fraction * self.seconds
+        slow = sum(self.step_seconds) + self.encode_seconds >= self.probe_fraction * self.seconds
         if self.resolved or (len(self.step_seconds) < self.probe_steps and not slow):
             return None
         timed = self.step_seconds[1:] if len(self.step_seconds) > 1 else self.step_seconds
         per_step = sum(timed) / len(timed)
         elapsed = now - self.started
+        encodes = self.future_encodes(steps_done) if self.future_encodes is not None else None
         self.total_steps = steps_for_budget(self.seconds, elapsed, per_step, steps_done,
-                                            self.reserve_fraction * self.seconds)
+                                            self.reserve_fraction * self.seconds, encodes=encodes,
+                                            seconds_per_entry=self.seconds_per_entry() or 0.0)
         self.warmup_steps = warmup_steps_for(self.total_steps, self.warmup_fraction)
         self.resolved_after_seconds = elapsed
         if self.on_resolved is not None:
@@ -156,6 +187,10 @@ class StepBudget:
             return min(1.0, (step + 1) / PROBE_RAMP_STEPS)
         return _poly_factor(self.total_steps, self.warmup_steps or 0)(step)
 
+    def seconds_per_entry(self) -> float | None:
+        """Encoding seconds per slice-view measured in the probe (a lazy embedding cache), or ``None``."""
+        return self.encode_seconds / self.encoded if self.encoded else None
+
     def seconds_per_step(self) -> float | None:
         timed = self.step_seconds[1:] if len(self.step_seconds) > 1 else self.step_seconds
         return sum(timed) / len(timed) if timed else None
@@ -166,6 +201,7 @@ class StepBudget:
         return {"seconds": self.seconds, "resolved_steps": self.total_steps, "warmup_steps": self.warmup_steps,
                 "probe_steps": self.probe_steps, "setup_seconds": _round(self.setup_seconds),
                 "seconds_per_step": _round(per_step), "resolved_after_seconds": _round(self.resolved_after_seconds),
+                "probe_encode_seconds": _round(self.encode_seconds), "probe_encoded": self.encoded,
                 "reserve_seconds": round(self.reserve_fraction * self.seconds, 3)}
 
 
