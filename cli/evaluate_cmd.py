@@ -1,4 +1,5 @@
-"""``medsaga evaluate PRED GT``: Dice, HD95 and NSD in mm per case and class, a table, CSV/JSON, overlays."""
+"""``medsaga evaluate PRED GT``: Dice, HD95 and NSD in mm per case and class, a table, CSV/JSON, overlays,
+and the report page (OUT/report.html)."""
 
 from __future__ import annotations
 
@@ -34,11 +35,19 @@ def evaluate(
                                                               "RUN_DIR (its config.json). Default: the reference "
                                                               "dataset's dataset.json, else the values found."),
     tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
-    out: Path | None = typer.Option(None, "--out", help="Folder for metrics.csv, metrics.json and overlays/."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for metrics.csv, metrics.json, report.html and "
+                                                        "overlays/."),
     overlay: bool = typer.Option(False, "--overlay", help="Write PNG overlays of a few axial slices per case "
                                                           "into OUT/overlays/ (needs --images and --out)."),
-    images: Path | None = typer.Option(None, "--images", help="The images, for --overlay: a file, or a folder "
-                                                              "matched by case id (CASE or CASE_0000)."),
+    report: bool | None = typer.Option(None, "--report/--no-report", help="Write OUT/report.html: one page with "
+                                                                          "the tables, the overlays of each case "
+                                                                          "in three planes and, with --labels RUN, "
+                                                                          "the run's settings and curves. Default: "
+                                                                          "on when --out is given."),
+    images: Path | None = typer.Option(None, "--images", help="The images, for --overlay and the report: a file, "
+                                                              "or a folder matched by case id (CASE or CASE_0000). "
+                                                              "The report's default: the ground-truth dataset's "
+                                                              "own images, when it has them."),
     intensity: str | None = typer.Option(None, "--intensity", help="Overlay window: ct-abdomen, ct-soft-tissue, "
                                                                    "ct-bone, ct-lung, mr (default: from the "
                                                                    "dataset's channel name, else percentiles)."),
@@ -62,11 +71,16 @@ def evaluate(
     """
     from medsaga.evaluate import evaluate as run_evaluation, match_cases, match_images
 
-    _check_options(tolerance, overlay, images, out, slices)
+    if report is None:
+        report = out is not None
+    _check_options(tolerance, overlay, images, out, slices, report)
     matching = match_cases(prediction, ground_truth)
-    image_paths, image_json = match_images(images, matching.pairs) if overlay and images is not None else ({}, None)
-    preset = _overlay_preset(intensity, [image_json, labels, matching.dataset_json]) if overlay else None
-    outputs = _planned_outputs(out, [p.case_id for p in matching.pairs] if overlay else [])
+    image_paths, image_json = match_images(images, matching.pairs) if images is not None else ({}, None)
+    report_images, images_note = _report_images(images, image_paths, ground_truth, matching) if report else ({}, "")
+    if report and images is None:
+        image_json = _dataset_images_json(ground_truth)
+    preset = _overlay_preset(intensity, [image_json, labels, matching.dataset_json]) if overlay or report else None
+    outputs = _planned_outputs(out, [p.case_id for p in matching.pairs] if overlay else [], report)
     _check_outputs(outputs, force, [prediction, ground_truth, labels, images])
     if strict and matching.references_without_prediction:
         missing = matching.references_without_prediction
@@ -74,15 +88,22 @@ def evaluate(
                          prediction)
     errors = _stderr()
 
-    on_case = None
+    callbacks = []
     if overlay:
         assert out is not None
-        on_case = _overlay_writer(out / OVERLAY_FOLDER, image_paths, preset, slices, matching)
+        callbacks.append(_overlay_writer(out / OVERLAY_FOLDER, image_paths, preset, slices, matching))
+    collector = None
+    if report:
+        from medsaga.report import OverlayCollector
+
+        collector = OverlayCollector(report_images, preset, checked=images is not None)
+        callbacks.append(collector)
     # Unmatched cases are listed once every pair is checked: before the long part, yet after any
     # input error, which then stays the only line on stderr.
     with _progress(lambda console: _report_unmatched(matching, prediction, ground_truth, console)) as progress:
         evaluation = run_evaluation(prediction, ground_truth, labels=labels, tolerance_mm=tolerance,
-                                    images=image_paths or None, progress=progress, on_case=on_case)
+                                    images=image_paths or None, progress=progress,
+                                    on_case=_each(callbacks) if callbacks else None)
 
     console = _stdout_console()
     if per_case:
@@ -97,17 +118,29 @@ def evaluate(
         if overlay:
             errors.print(f"wrote {len(evaluation.cases)} overlay(s) to {out / OVERLAY_FOLDER}: fill = prediction, "
                          f"outline = ground truth; {_legend(evaluation, 12)['colours']}", markup=False)
+        if collector is not None:
+            import json
+
+            from medsaga.report import write_evaluation_report
+
+            document = json.loads(json_path.read_text(encoding="utf-8"))  # the page shows what metrics.json holds
+            page = write_evaluation_report(out, document, collector.overlays, labels, images_note)
+            errors.print(f"wrote {page}", markup=False)
 
 
-def _check_options(tolerance: float, overlay: bool, images: Path | None, out: Path | None, slices: int) -> None:
+def _check_options(tolerance: float, overlay: bool, images: Path | None, out: Path | None, slices: int,
+                   report: bool) -> None:
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise InputError(f"--tolerance must be a number of mm >= 0, got {tolerance}")
     if overlay and images is None:
         raise InputError("--overlay needs --images (the scans to draw the labels on)")
     if overlay and out is None:
         raise InputError("--overlay needs --out (overlays are written to OUT/overlays/)")
-    if images is not None and not overlay:
-        raise InputError("--images is only used for overlays; add --overlay")
+    if report and out is None:
+        raise InputError("--report needs --out (the page is written to OUT/report.html)")
+    if images is not None and not (overlay or report):
+        raise InputError("--images is only used for --overlay and the report; add --overlay, or --out for the "
+                         "report")
     if slices < 1:
         raise InputError(f"--slices must be at least 1, got {slices}")
 
@@ -158,12 +191,47 @@ def _channel_name(path: Path | None) -> str | None:
     return None
 
 
-def _planned_outputs(out: Path | None, overlay_cases: list[str]) -> list[Path]:
+def _planned_outputs(out: Path | None, overlay_cases: list[str], report: bool = False) -> list[Path]:
     if out is None:
         return []
     from medsaga.evaluate.outputs import CSV_NAME, JSON_NAME
+    from medsaga.report import REPORT_NAME
 
-    return [out / CSV_NAME, out / JSON_NAME] + [out / OVERLAY_FOLDER / f"{case}.png" for case in overlay_cases]
+    return [out / CSV_NAME, out / JSON_NAME] + ([out / REPORT_NAME] if report else []) + \
+        [out / OVERLAY_FOLDER / f"{case}.png" for case in overlay_cases]
+
+
+def _report_images(images: Path | None, checked: dict[str, Path], ground_truth: Path,
+                   matching: "Matching") -> tuple[dict[str, Path], str]:
+    """The images the report draws on, and a sentence saying which: ``--images`` (checked with the
+    label maps), else the ground-truth dataset's own images where it has them, else none."""
+    from medsaga.report import dataset_images
+
+    if images is not None:
+        return checked, f"Overlays drawn on the images of {images}."
+    found, _ = dataset_images(ground_truth, [pair.case_id for pair in matching.pairs])
+    if found:
+        missing = len(matching.pairs) - len(found)
+        return found, (f"Overlays drawn on the images beside the ground truth ({ground_truth})"
+                       + (f"; {missing} case(s) without one are drawn on a neutral grey." if missing else ".")
+                       + " --images chooses others.")
+    return {}, ("No images (give --images, or a ground-truth dataset with imagesTr/): the labels are drawn on a "
+                "neutral grey.")
+
+
+def _dataset_images_json(ground_truth: Path) -> Path | None:
+    from medsaga.report import dataset_images
+
+    return dataset_images(ground_truth, [])[1]
+
+
+def _each(callbacks: list[Callable[..., None]]) -> Callable[..., None]:
+    """One ``on_case`` callback calling each of ``callbacks`` in turn."""
+    def call(*args: object) -> None:
+        for callback in callbacks:
+            callback(*args)
+
+    return call
 
 
 def _check_outputs(outputs: list[Path], force: bool, inputs: list[Path | None]) -> None:
@@ -184,8 +252,8 @@ def _check_outputs(outputs: list[Path], force: bool, inputs: list[Path | None]) 
 def _overlay_writer(folder: Path, images: dict[str, Path], preset: str | None, slices: int, matching: "Matching"):
     from medsaga.data.intensity import choose_preset
     from medsaga.evaluate.overlay import render_overlay
-    from medsaga.evaluate.png import write_png
     from medsaga.evaluate.run import read_image
+    from medsaga.report.figures import png_bytes
     from medsaga.io.atomic import atomic_output, write_errors
 
     pairs = {pair.case_id: pair for pair in matching.pairs}
@@ -197,7 +265,7 @@ def _overlay_writer(folder: Path, images: dict[str, Path], preset: str | None, s
         with write_errors(folder):
             folder.mkdir(parents=True, exist_ok=True)
         with atomic_output(folder / f"{result.case_id}.png") as temporary:
-            write_png(temporary, picture)
+            temporary.write_bytes(png_bytes(picture))
 
     return write
 

@@ -383,9 +383,10 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
     ]
     cache = report.get("embedding_cache")
     if cache:
-        rows.append(("embedding cache", f"{cache['slices']} slices x {cache['views']} views of "
-                                        f"{cache['frozen_module']}: {_mib(cache['bytes'])} ({cache['dtype']}), "
-                                        f"built in {cache['build_seconds']:.1f} s; "
+        # Runs from before issue 29 encoded every slice-view and say nothing of it.
+        encoded = cache.get("summary") or f"{cache['slices']} slices x {cache['views']} views"
+        rows.append(("embedding cache", f"{encoded}; {cache['frozen_module']} outputs: {_mib(cache['bytes'])} "
+                                        f"({cache['dtype']}), built in {cache['build_seconds']:.1f} s; "
                                         f"{cache['slices_per_second_including_build']:.2f} slices/s with the build"))
     if report["validation_dice"]:
         dice = [f"{d:.3f}" for d in report["validation_dice"]]
@@ -397,6 +398,8 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
                           for r in job["ranks"])
         rows.append(("processes", f"{job['world_size']} ({job['backend']}); peak memory {peaks}"))
     rows.append(("run folder", str(run_dir)))
+    if (run_dir / "report.html").is_file():
+        rows.append(("report page", str(run_dir / "report.html")))
     for what, value in rows:
         table.add_row(what, value)
     Console(width=None if sys.stdout.isatty() else 120).print(table)

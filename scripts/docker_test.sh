@@ -43,5 +43,38 @@ for case in ("phantom_006", "phantom_007"):
         sys.exit(f"docker-test: {case} is not on its input grid")
 print("docker-test: label maps on their input grids, owned by the user who ran the container")
 '
+# The report pages (issue 30), written offline above: self-contained (every picture a data: URI
+# that decodes, no link out of the page, a CSP that forbids any fetch), checked inside the image;
+# and where the host has Chromium and root, opened in it with no network at all (a fresh network
+# namespace): every picture must load.
+docker run --rm --network none --user "$user" -v "$RUNS:/runs:ro" --entrypoint python "$IMAGE" -c '
+import base64, io, re, sys
+from matplotlib.image import imread
+for page in ("/runs/demo/report.html", "/runs/demo/evaluation/report.html"):
+    text = open(page, encoding="utf-8").read()
+    sources = re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", text)
+    outside = re.findall(r"\b(?:src|href)=\"(?!data:|#)([^\"]*)\"", text)
+    if not sources or outside or f"default-src {chr(39)}none{chr(39)}" not in text:
+        sys.exit(f"docker-test: {page} is not self-contained ({len(sources)} pictures, links out: {outside[:3]})")
+    for source in sources:
+        if imread(io.BytesIO(base64.b64decode(source.split(",", 1)[1])), format="png").size == 0:
+            sys.exit(f"docker-test: {page} holds an empty picture")
+    print(f"docker-test: {page}: {len(sources)} pictures inlined, nothing to fetch")
+'
+if command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  profile=$(mktemp -d)
+  dom=$(unshare --net chromium --headless --no-sandbox --disable-gpu --user-data-dir="$profile" \
+    --virtual-time-budget=5000 --dump-dom "file://$RUNS/demo/evaluation/report.html" 2>/dev/null || true)
+  rm -rf "$profile"
+  images=$(grep -o 'data-images="[0-9]*"' <<<"$dom" | head -1 | tr -dc 0-9 || true)
+  loaded=$(grep -o 'data-images-loaded="[0-9]*"' <<<"$dom" | head -1 | tr -dc 0-9 || true)
+  if [ -z "$images" ] || [ "$images" != "$loaded" ]; then
+    echo "docker-test: report.html in Chromium without network: ${loaded:-no} of ${images:-?} pictures loaded" >&2
+    exit 1
+  fi
+  echo "docker-test: report.html opened in Chromium with no network: all $images pictures loaded"
+else
+  echo "docker-test: no Chromium on the host (or not root): report.html was checked inside the image only"
+fi
 du -sh "$RUNS"
 docker image ls "$IMAGE" --format 'docker-test: image {{.Repository}}:{{.Tag}} is {{.Size}}'

@@ -5,7 +5,8 @@
 - :mod:`.launch` and :mod:`.worker`: one process per entry, printing one JSON record;
 - :mod:`.flops`: the encoder's FLOPs and the matmul peaks its rate is held against;
 - :mod:`.run`: the parent (checks, workers, ratios, outputs); :mod:`.report`: ratios and tables;
-- :mod:`.chart` and :mod:`.font`: the bar-chart PNG.
+- :mod:`.chart`: the bar-chart PNG (matplotlib); :mod:`.font`: a bitmap font left for
+  ``medsaga select``'s cohort map until it moves to matplotlib too.
 
 Nothing is imported here: ``python -m medsaga.benchmark.launch`` must stay a bare interpreter.
 """

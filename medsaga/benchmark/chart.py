@@ -1,185 +1,143 @@
-"""The benchmark as a picture: three horizontal bar charts, one row per entry, drawn with numpy.
+"""The benchmark as a picture: four horizontal bar charts, one row per entry, drawn with matplotlib (Agg).
 
 1. peak memory (device-specific: CUDA max allocated, or CPU peak RSS above the loaded model);
-2. the device-independent breakdown as stacked bars: frozen parameters, trainable parameters,
-   gradients, optimizer state, saved activations (a legend strip names the colours);
-3. slices per second, three bars per entry: training, inference (the encoder's exact fast
+2. the tensor peak (the most tensor bytes alive at once above the model: what a GPU counts);
+3. the device-independent breakdown as stacked bars: frozen parameters, trainable parameters,
+   gradients, optimizer state, saved activations;
+4. slices per second, three bars per entry: training, inference (the encoder's exact fast
    attention, as ``medsaga predict`` runs it) and inference with segment-anything's own attention.
 
-Each chart has its own scale (its largest value spans the bar area) and prints every value, with
-its ratio to the reference, at the end of the bar, so the picture reads on its own. Labels use
-the built-in bitmap font (:mod:`.font`); the result is an ``(H, W, 3)`` uint8 array for the
-project's PNG writer. Colours are from the Okabe-Ito palette, distinguishable with colour-blindness.
+Each chart has its own scale and prints every value, with its ratio to the reference, at the end of
+the bar, so the picture reads on its own. Colours are from the Okabe-Ito palette, distinguishable
+with colour-blindness. The result is the PNG file's bytes.
 """
 
 from __future__ import annotations
 
+import io
+import textwrap
 from typing import Any
 
 import numpy as np
 
-from medsaga.benchmark.font import GLYPH_WIDTH, SPACING, draw_text, text_height, text_width
 from medsaga.benchmark.report import RATIO_FIGURES, device_text, mib, rate, ratio
 
-SCALE = 2  # font pixels → image pixels
-MARGIN = 16
-BAR_WIDTH = 520
-ROW = 26  # pixels per entry in the memory charts
-BAR = 18
-THROUGHPUT_BAR = 18  # as tall as a line of text, so the two values of a row do not overlap
-THROUGHPUT_ROW = 3 * THROUGHPUT_BAR + 10
-BACKGROUND = (255, 255, 255)
-INK = (30, 30, 30)
-MUTED = (110, 110, 110)
-AXIS = (160, 160, 160)
-PEAK_COLOUR = (68, 68, 110)
-BREAKDOWN: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
-    ("frozen_parameters", "frozen + buffers", (185, 185, 185)),
-    ("trainable_parameters", "trainable params", (0, 114, 178)),
-    ("gradients", "gradients", (230, 159, 0)),
-    ("optimizer_state", "optimizer state", (213, 94, 0)),
-    ("saved_activations", "saved activations", (0, 158, 115)),
+MIB = 2 ** 20
+DPI = 100
+INK = "#1e1e1e"
+MUTED = "#6e6e6e"
+PEAK_COLOUR = "#44446e"
+BREAKDOWN: tuple[tuple[str, str, str], ...] = (
+    ("frozen_parameters", "frozen + buffers", "#b9b9b9"),
+    ("trainable_parameters", "trainable params", "#0072b2"),
+    ("gradients", "gradients", "#e69f00"),
+    ("optimizer_state", "optimizer state", "#d55e00"),
+    ("saved_activations", "saved activations", "#009e73"),
 )
-TRAIN_COLOUR = (0, 114, 178)
-INFERENCE_COLOUR = (86, 180, 233)
-SAM_INFERENCE_COLOUR = (204, 121, 167)
-THROUGHPUTS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
-    ("train_slices_per_second", "training", TRAIN_COLOUR),
-    ("inference_slices_per_second", "inference", INFERENCE_COLOUR),
-    ("inference_sam_slices_per_second", "inference, SAM attention", SAM_INFERENCE_COLOUR),
+THROUGHPUTS: tuple[tuple[str, str, str], ...] = (
+    ("train_slices_per_second", "training", "#0072b2"),
+    ("inference_slices_per_second", "inference", "#56b4e9"),
+    ("inference_sam_slices_per_second", "inference, SAM attention", "#cc79a7"),
 )
 
 
-def render_chart(document: dict[str, Any]) -> np.ndarray:
-    """The picture of a benchmark document (:func:`medsaga.benchmark.run.run_benchmark`), ``(H, W, 3)`` uint8."""
+def render_chart(document: dict[str, Any]) -> bytes:
+    """The picture of a benchmark document (:func:`medsaga.benchmark.run.run_benchmark`), as PNG bytes."""
+    from matplotlib.figure import Figure
+
     entries = document["entries"]
-    char = (GLYPH_WIDTH + SPACING) * SCALE
-    line = text_height(SCALE) + 8
-    label_width = max(text_width(entry["label"], SCALE) for entry in entries) + 2 * char
-    value_width = 26 * char
-    width = MARGIN + label_width + BAR_WIDTH + char + value_width + MARGIN
-    height = MARGIN * 2 + line * 14 + len(entries) * (3 * ROW + THROUGHPUT_ROW) + 4 * 3 * line
-    image = np.full((height, width, 3), BACKGROUND, np.uint8)
-    canvas = _Canvas(image, label_width, line)
-
+    rows = max(len(entries), 1)
+    heights = [rows, rows, rows, 2.2 * rows]
+    figure = Figure(figsize=(11.0, 1.0 + 0.3 * sum(heights) + 4 * 0.9), dpi=DPI, layout="constrained")
+    axes = figure.subplots(4, 1, gridspec_kw={"height_ratios": heights})
     settings = document["settings"]
-    canvas.text(f"medsaga benchmark: {settings['model']}, {settings['image_size']} px, batch "
-                f"{settings['batch_size']}, {device_text(settings)}", INK)
-    for text in _wrap(f"{document['weights']}. {settings['warmup_steps']} warm-up + {settings['timed_steps']} "
-                      f"timed steps per entry, each in its own process. (×) = ratio to {document['reference']}.",
-                      (width - 2 * MARGIN) // char):
-        canvas.text(text, MUTED)
-    canvas.skip(line // 2)
+    title = (f"medsaga benchmark: {settings['model']}, {settings['image_size']} px, batch {settings['batch_size']}, "
+             f"{device_text(settings)}")
+    subtitle = (f"{document['weights']}. {settings['warmup_steps']} warm-up + {settings['timed_steps']} timed steps "
+                f"per entry, each in its own process. (×) = ratio to {document['reference']}.")
+    figure.suptitle(title + "\n" + textwrap.fill(subtitle, 130), x=0.01, ha="left", fontsize=10, color=INK)
 
-    canvas.text(f"Peak memory, MiB ({document['peak_memory_kind']})", INK)
-    values = [RATIO_FIGURES["peak_memory"](entry) if entry.get("status") == "ok" else None for entry in entries]
-    canvas.bars(entries, [[(v or 0, PEAK_COLOUR)] for v in values],
-                [_with_ratio(f"{mib(v)} MiB", entry, "peak_memory") for v, entry in zip(values, entries)])
-    canvas.skip(line // 2)
+    for ax, name, title_text in ((axes[0], "peak_memory", f"Peak memory, MiB ({document['peak_memory_kind']})"),
+                                 (axes[1], "tensor_peak", "Tensor peak, MiB (most tensor bytes alive at once above "
+                                                          "the model: what a GPU counts)")):
+        values = [_figure(entry, name) for entry in entries]
+        _bars(ax, entries, [[(v or 0, PEAK_COLOUR)] for v in values],
+              [_with_ratio(f"{mib(v)} MiB", entry, name) for v, entry in zip(values, entries)], title_text)
 
-    canvas.text("Tensor peak, MiB (most tensor bytes alive at once above the model: what a GPU counts)", INK)
-    values = [RATIO_FIGURES["tensor_peak"](entry) if entry.get("status") == "ok" else None for entry in entries]
-    canvas.bars(entries, [[(v or 0, PEAK_COLOUR)] for v in values],
-                [_with_ratio(f"{mib(v)} MiB", entry, "tensor_peak") for v, entry in zip(values, entries)])
-    canvas.skip(line // 2)
-
-    canvas.text("Memory breakdown, MiB (bytes of tensors: the same on any device)", INK)
-    canvas.legend([(name, colour) for _, name, colour in BREAKDOWN])
     segments, notes = [], []
     for entry in entries:
         memory = entry.get("memory") if entry.get("status") == "ok" else None
         segments.append([((memory or {}).get(key, 0), colour) for key, _, colour in BREAKDOWN])
         notes.append(_with_ratio(f"{mib((memory or {}).get('sum_of_peaks'))} MiB", entry, "memory_total"))
-    canvas.bars(entries, segments, notes)
-    canvas.skip(line // 2)
+    _bars(axes[2], entries, segments, notes, "Memory breakdown, MiB (bytes of tensors: the same on any device)")
+    _legend(axes[2], [(name, colour) for _, name, colour in BREAKDOWN])
 
-    canvas.text("Throughput, slices/s (same batch size)", INK)
-    canvas.legend([(name, colour) for _, name, colour in THROUGHPUTS])
-    canvas.grouped_bars(entries, [(key, colour) for key, _, colour in THROUGHPUTS])
-    return _crop(image[:canvas.y + MARGIN])
+    _throughput(axes[3], entries)
+    _legend(axes[3], [(name, colour) for _, name, colour in THROUGHPUTS])
 
-
-class _Canvas:
-    """Draws rows top to bottom; ``y`` is the next free row of pixels."""
-
-    def __init__(self, image: np.ndarray, label_width: int, line: int) -> None:
-        self.image = image
-        self.line = line
-        self.y = MARGIN
-        self.label_left = MARGIN
-        self.bar_left = MARGIN + label_width
-        self.value_left = self.bar_left + BAR_WIDTH + (GLYPH_WIDTH + SPACING) * SCALE
-
-    def skip(self, pixels: int) -> None:
-        self.y += pixels
-
-    def text(self, text: str, colour: tuple[int, int, int]) -> None:
-        draw_text(self.image, text, MARGIN, self.y, colour, SCALE)
-        self.y += self.line
-
-    def legend(self, items: list[tuple[str, tuple[int, int, int]]]) -> None:
-        """A strip of colour swatches, each followed by its name; wraps to more lines if needed."""
-        swatch = text_height(SCALE) - 6
-        x = self.bar_left
-        for name, colour in items:
-            width = swatch + 6 + text_width(name, SCALE)
-            if x > self.bar_left and x + width > self.image.shape[1] - MARGIN:
-                x, self.y = self.bar_left, self.y + self.line
-            self.image[self.y + 2:self.y + 2 + swatch, x:x + swatch] = colour
-            x = draw_text(self.image, name, x + swatch + 6, self.y, INK, SCALE) + 24
-        self.y += self.line
-
-    def bars(self, entries: list[dict[str, Any]], segments: list[list[tuple[float, tuple[int, int, int]]]],
-             notes: list[str]) -> None:
-        """One (stacked) bar per entry, all on one scale: the longest spans ``BAR_WIDTH``."""
-        largest = max((sum(value for value, _ in row) for row in segments), default=0) or 1
-        top = self.y
-        for entry, row, note in zip(entries, segments, notes):
-            self._label(entry, self.y + (ROW - text_height(SCALE)) // 2)
-            x = float(self.bar_left)
-            for value, colour in row:
-                end = x + BAR_WIDTH * value / largest
-                self.image[self.y + (ROW - BAR) // 2:self.y + (ROW + BAR) // 2, round(x):round(end)] = colour
-                x = end
-            text_top = self.y + (ROW - text_height(SCALE)) // 2
-            draw_text(self.image, _status_note(entry) or note, self.value_left, text_top, INK, SCALE)
-            self.y += ROW
-        self._axis(top)
-
-    def grouped_bars(self, entries: list[dict[str, Any]], figures: list[tuple[str, tuple[int, int, int]]]) -> None:
-        """One bar per figure (record key, colour) per entry, top to bottom, all on one scale."""
-        ok = [entry for entry in entries if entry.get("status") == "ok"]
-        largest = max((entry.get(key) or 0 for entry in ok for key, _ in figures), default=0) or 1
-        top = self.y
-        for entry in entries:
-            self._label(entry, self.y + (THROUGHPUT_ROW - text_height(SCALE)) // 2)
-            status = _status_note(entry)
-            if status:
-                draw_text(self.image, status, self.value_left, self.y + (THROUGHPUT_ROW - text_height(SCALE)) // 2,
-                          INK, SCALE)
-            else:
-                for index, (key, colour) in enumerate(figures):
-                    value = entry.get(key) or 0
-                    bar_top = self.y + 3 + index * (THROUGHPUT_BAR + 2)
-                    self.image[bar_top:bar_top + THROUGHPUT_BAR,
-                               self.bar_left:self.bar_left + round(BAR_WIDTH * value / largest)] = colour
-                    draw_text(self.image, _with_ratio(rate(entry.get(key)), entry, key), self.value_left, bar_top,
-                              INK, SCALE)
-            self.y += THROUGHPUT_ROW
-        self._axis(top)
-
-    def _label(self, entry: dict[str, Any], y: int) -> None:
-        draw_text(self.image, entry["label"], self.label_left, y, INK, SCALE)
-
-    def _axis(self, top: int) -> None:
-        self.image[top:self.y, self.bar_left - 1] = AXIS
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15, metadata={"Software": None})
+    return buffer.getvalue()
 
 
-def _crop(image: np.ndarray) -> np.ndarray:
-    """Drop blank columns on the right beyond a margin (the value column was sized generously)."""
-    inked = np.flatnonzero((image != np.array(BACKGROUND, np.uint8)).any(axis=(0, 2)))
-    right = int(inked[-1]) + 1 + MARGIN if inked.size else image.shape[1]
-    return np.ascontiguousarray(image[:, :min(right, image.shape[1])])
+def _figure(entry: dict[str, Any], name: str) -> float | None:
+    return RATIO_FIGURES[name](entry) if entry.get("status") == "ok" else None
+
+
+def _bars(ax, entries: list[dict[str, Any]], segments: list[list[tuple[float, str]]], notes: list[str],
+          title: str) -> None:  # type: ignore[no-untyped-def]
+    """One (stacked) bar per entry in MiB, first entry on top, the note (value, ratio) at its end."""
+    totals = np.array([sum(value for value, _ in row) for row in segments], float) / MIB
+    largest = float(totals.max()) if totals.size and totals.max() > 0 else 1.0
+    positions = np.arange(len(entries))
+    for part in range(max((len(row) for row in segments), default=0)):
+        values = np.array([row[part][0] if part < len(row) else 0 for row in segments], float) / MIB
+        lefts = np.array([sum(v for v, _ in row[:part]) for row in segments], float) / MIB
+        colours = [row[part][1] if part < len(row) else "none" for row in segments]
+        ax.barh(positions, values, left=lefts, color=colours, height=0.7)
+    for y, (entry, total, note) in enumerate(zip(entries, totals, notes)):
+        ax.text(total + largest * 0.01, y, _status_note(entry) or note, va="center", fontsize=8.5, color=INK)
+    _style(ax, entries, largest, title)
+
+
+def _throughput(ax, entries: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
+    """Three bars per entry (training, inference, inference with SAM's attention), one scale."""
+    ok = [entry for entry in entries if entry.get("status") == "ok"]
+    largest = max((entry.get(key) or 0 for entry in ok for key, _, _ in THROUGHPUTS), default=0) or 1.0
+    height = 0.8 / len(THROUGHPUTS)
+    for y, entry in enumerate(entries):
+        status = _status_note(entry)
+        if status:
+            ax.text(largest * 0.01, y, status, va="center", fontsize=8.5, color=INK)
+            continue
+        for index, (key, _, colour) in enumerate(THROUGHPUTS):
+            value = entry.get(key) or 0
+            offset = y - 0.4 + height * (index + 0.5)
+            ax.barh([offset], [value], height=height * 0.9, color=colour)
+            ax.text(value + largest * 0.01, offset, _with_ratio(rate(entry.get(key)), entry, key), va="center",
+                    fontsize=7.5, color=INK)
+    _style(ax, entries, float(largest), "Throughput, slices/s (same batch size)")
+
+
+def _style(ax, entries: list[dict[str, Any]], largest: float, title: str) -> None:  # type: ignore[no-untyped-def]
+    ax.set_yticks(np.arange(len(entries)), [entry["label"] for entry in entries], fontsize=9, color=INK)
+    ax.set_ylim(len(entries) - 0.5, -0.5)  # the first entry on top
+    ax.set_xlim(0, largest * 1.42)  # room for the notes at the bars' ends
+    ax.set_title(title, loc="left", fontsize=9.5, color=INK)
+    ax.tick_params(axis="x", labelsize=8, colors=MUTED)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.grid(axis="x", alpha=0.25, linewidth=0.6)
+
+
+def _legend(ax, items: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
+    from matplotlib.patches import Patch
+
+    # In a band between the title (lifted for it) and the bars: it never covers a bar or a value.
+    ax.legend(handles=[Patch(color=colour, label=name) for name, colour in items], loc="lower right",
+              bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, ncol=len(items), frameon=False, fontsize=8,
+              handlelength=1.2, columnspacing=1.2)
+    ax.set_title(ax.get_title(loc="left"), loc="left", fontsize=9.5, color=INK, pad=20)
 
 
 def _with_ratio(text: str, entry: dict[str, Any], name: str) -> str:
@@ -190,18 +148,6 @@ def _with_ratio(text: str, entry: dict[str, Any], name: str) -> str:
 def _status_note(entry: dict[str, Any]) -> str:
     status = entry.get("status")
     return "" if status == "ok" else "out of memory" if status == "out_of_memory" else "failed"
-
-
-def _wrap(text: str, columns: int) -> list[str]:
-    """Greedy word wrap to ``columns`` characters."""
-    lines, current = [], ""
-    for word in text.split():
-        if current and len(current) + 1 + len(word) > columns:
-            lines.append(current)
-            current = word
-        else:
-            current = f"{current} {word}" if current else word
-    return [*lines, current] if current else lines
 
 
 __all__ = ["render_chart"]

@@ -248,7 +248,6 @@ def _peak_kind(device_type: str) -> str:
 
 def _write_outputs(out: Path, document: dict[str, Any]) -> None:
     from medsaga.benchmark.chart import render_chart
-    from medsaga.evaluate.png import write_png
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / JSON_FILE) as temporary:
@@ -256,7 +255,7 @@ def _write_outputs(out: Path, document: dict[str, Any]) -> None:
     with atomic_output(out / MARKDOWN_FILE) as temporary:
         temporary.write_text(markdown_table(document), encoding="utf-8")
     with atomic_output(out / CHART_FILE) as temporary:
-        write_png(temporary, render_chart(document))
+        temporary.write_bytes(render_chart(document))
 
 
 def _finite(value: Any) -> Any:

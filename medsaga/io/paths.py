@@ -82,7 +82,7 @@ OWNED_CONTENTS: dict[str, Tree] = {
         "checkpoint": _CHECKPOINT, ".checkpoint-new": _CHECKPOINT, ".checkpoint-old": _CHECKPOINT,
         # what `make demo` writes inside its run: medsaga predict's and medsaga evaluate's outputs
         "predictions": {"*.nii.gz": FILE, "*.nrrd": FILE, "*.seg.dcm": FILE, "probabilities": {"*.nii.gz": FILE}},
-        "evaluation": {"metrics.csv": FILE, "metrics.json": FILE, "overlays": {"*.png": FILE}},
+        "evaluation": {"metrics.csv": FILE, "metrics.json": FILE, "report.html": FILE, "overlays": {"*.png": FILE}},
     },
     "selection": {"selection.json": FILE, "cases.txt": FILE, "cohort_map.png": FILE},  # medsaga select
 }

@@ -31,8 +31,9 @@ from medsaga.io.paths import check_owned_folder, ensure_writable_folder, new_own
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
 from medsaga.methods.base import encoder_backbone
 from medsaga.option_checks import check_fraction, check_int, check_non_negative, check_positive
-from medsaga.model.backbone import backbone_for_model, backbone_of
-from medsaga.model.build import LITEMEDSAM, check_image_size, check_model_type, default_image_size
+from medsaga.model.backbone import backbone_of
+from medsaga.model.build import check_image_size
+from medsaga.model.registry import LITEMEDSAM, get_model_type
 from medsaga.train.allocator import malloc_wanted, tune_malloc
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
@@ -74,7 +75,7 @@ class FinetuneOptions:
     checkpoint: Path | None = None
     model: str | None = None
     random_init: bool = False
-    image_size: int | None = None  # None: the model's own (default_image_size), resolved at the start
+    image_size: int | None = None  # None: the model type's default (a checkpoint alone: once its type is read)
     epochs: int | None = None
     steps: int | None = None
     batch_size: int = 4
@@ -254,10 +255,12 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     model_type = options.model
 
     # --- the model (reads the checkpoint: a clear error if it is the wrong kind) ---------------
-    if device.type == "cpu" and malloc_wanted(backbone_for_model(model_type or "vit_b").tune_cpu_malloc):
+    # A checkpoint alone: its type is read with the file, after this; the ViTs' answer until then.
+    if device.type == "cpu" and malloc_wanted(get_model_type(model_type or "vit_b").backbone.tune_cpu_malloc):
         tune_malloc()  # before any training tensor: the report's peak RSS is then the tensors', not glibc's heap
     torch.manual_seed(options.seed)
     model, model_type, checkpoint_info = _build_model(options, model_type, mapping.num_classes)
+    options = replace(options, image_size=model.image_size)  # a checkpoint alone: its type's default size
     # Counted before the method wraps anything: SAM-PARSER turns the weights it decomposes into
     # frozen buffers, which would make "trainable of total" compare against a shrunken total.
     base_parameters = count_parameters(model)[1]
@@ -307,7 +310,8 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
         steps = BUDGET_STEP_LIMIT
     cache_views = effective_views(options.cache_views, options.augment)
     encoder, backbone = encoder_backbone(model)
-    cache_bytes = len(data) * cache_views * cache_entry_bytes(
+    # The cache holds at most what the steps read (medsaga.train.embedding_cache.plan_cache).
+    cache_bytes = min(len(data) * cache_views, steps * slices_per_step) * cache_entry_bytes(
         backbone.embedding_shape(encoder), options.image_size, options.cache_dtype, method.cache_needs_images)
     available = available_memory_bytes()
     # Half of what the machine has free now: the model, the batches and the activations need the rest.
@@ -327,7 +331,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
                         seed=options.seed,
                         precision=precision, activation_checkpointing=profile.activation_checkpointing,
                         checkpoint_every=options.checkpoint_every, cache_views=cache_views,
-                        cache_dtype=options.cache_dtype, fast_attention=options.attention == "fast")
+                        cache_dtype=options.cache_dtype, fast_attention=options.attention == "fast",
+                        # a budget's steps are not known before they run: each encodes what it reads
+                        cache_encode="lazy" if options.time_budget is not None else "read")
     augment = AugmentSettings(enabled=options.augment)
     cache = _cache_config(options, model, method, cache_views)
     if cache_views and profile.name == LEAN:  # the cache is decided here, once its size is known
@@ -362,9 +368,13 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
 
         reporter.info(estimate_run(model, data, loop, method, device).describe())
     if cache_views:
-        reporter.info(f"embedding cache: {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "
-                      f"(view 0 unaugmented) through the frozen {cache['frozen_module']} once, then every step "
-                      f"trains on the cache" + ("" if options.augment else " (--no-augment: one view)"))
+        reporter.info(f"embedding cache: of {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "
+                      f"(view 0 unaugmented), only the slice-views the steps read go through the frozen "
+                      f"{cache['frozen_module']}, once"
+                      + (" each, as a step first reads them" if time_budget is not None or budget_record is not None
+                         else f" (at most {min(len(data) * cache_views, steps * slices_per_step)}, before the "
+                              "first step)")
+                      + "; every step trains on the cache" + ("" if options.augment else " (--no-augment: one view)"))
     elif method.encoder_cacheable and options.cache_embeddings == "auto":
         if budget is not None and cache_bytes > budget:
             reporter.info(f"embedding cache off (auto): it would hold {cache_bytes / 2**30:.1f} GiB, more than half of "
@@ -389,6 +399,9 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
               "time_budget": time_budget.describe() if time_budget is not None else budget_record}
     if rank.is_main:
         _write_json(options.out / REPORT_FILE, report)
+        from medsaga.report import write_run_report
+
+        write_run_report(options.out)  # report.html: the settings, curves and memory of the files above
     distributed.barrier()  # no rank returns (and, in a test, reads the folder) before rank 0 wrote it
     return FinetuneOutcome(options.out, method, split, result, report)
 
@@ -437,42 +450,30 @@ class SilentReporter(SilentObserver):
 def default_learning_rate(method: TuningMethod, model: Any) -> float:
     """The method's default learning rate, at most the image encoder's cap (see
     :attr:`~medsaga.model.backbone.Backbone.learning_rate_cap`)."""
-    cap = backbone_of(model.sam.image_encoder).learning_rate_cap
+    cap = backbone_of(model.image_encoder).learning_rate_cap
     return method.default_lr if cap is None else min(method.default_lr, cap)
 
 
 def _resolve_weights(options: FinetuneOptions) -> FinetuneOptions:
-    """The model type, base checkpoint and input size a run starts from (cheap checks only).
+    """The model type, base checkpoint and input size a run starts from (cheap checks only:
+    :func:`medsaga.model.load.choose_weights`).
 
     Neither ``--model`` nor ``--checkpoint``: ``--model`` :data:`DEFAULT_MODEL` (LiteMedSAM).
     ``--model litemedsam`` without ``--checkpoint`` takes the installed LiteMedSAM weights (verified
     by size and SHA-256; an :class:`InputError` naming the pip command when they are not installed);
     ``--random-init`` builds the architecture with random weights instead. The input size defaults
-    to the model's own (256 for LiteMedSAM, 512 for the ViTs). With only ``--checkpoint`` the model
-    type is read from the file later; the size default then follows the file's name when it is a
-    published one, else 512.
+    to the model type's own (256 for LiteMedSAM, 512 for the ViTs). With only ``--checkpoint`` the
+    model type is read from the file when the model is built, and the size default with it.
     """
-    from medsaga.model.weights import known_by_name
+    from medsaga.model.load import choose_weights
 
-    if options.random_init and options.checkpoint is not None:
-        raise InputError("--random-init builds random weights: it does not take --checkpoint")
     if options.checkpoint is None and options.model is None:
         # Neither given: the pretrained medical SAM that installs with medsaga (as TotalSegmentator
         # uses its own weights untold); its absence is the one-line pip command below.
         options = replace(options, model=DEFAULT_MODEL)
-    if options.model is not None:
-        check_model_type(options.model)
-    checkpoint = options.checkpoint
-    if checkpoint is None and options.model == LITEMEDSAM and not options.random_init:
-        from medsaga.model.packaged_weights import litemedsam_checkpoint
-
-        checkpoint = litemedsam_checkpoint()
-    image_size = options.image_size
-    if image_size is None:
-        known = known_by_name(Path(checkpoint).name) if checkpoint is not None else None
-        model_type = options.model or (known.model_type if known is not None else None)
-        image_size = default_image_size(model_type) if model_type is not None else default_image_size("vit_b")
-    return replace(options, checkpoint=checkpoint, image_size=image_size)
+    choice = choose_weights(options.model, options.checkpoint, random_init=options.random_init,
+                            image_size=options.image_size)
+    return replace(options, checkpoint=choice.checkpoint, image_size=choice.image_size)
 
 
 def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
@@ -497,23 +498,20 @@ def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
 
 
 def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: int):
-    from medsaga.model.build import build_sam
-    from medsaga.model.checkpoint import build_sam_from_checkpoint
+    """The segmenter (:func:`medsaga.model.load.load_segmenter`), its type, and config.json's record
+    of its base checkpoint (``None``: random weights)."""
+    from medsaga.model.load import load_segmenter
     from medsaga.model.packaged_weights import packaged_source
-    from medsaga.model.segmenter import SamSegmenter
     from medsaga.model.weights import file_digests
 
-    if options.checkpoint is None:
-        assert model_type is not None
-        return SamSegmenter(build_sam(model_type, num_classes=num_classes, image_size=options.image_size)), \
-            model_type, None
-    sam, load_report = build_sam_from_checkpoint(options.checkpoint, num_classes=num_classes,
-                                                 image_size=options.image_size, model_type=model_type)
-    digests = file_digests(options.checkpoint)
-    detected = load_report.model_type
-    info = {"path": str(Path(options.checkpoint).resolve()), "sha256": digests.sha256,
-            "size_bytes": digests.size_bytes, "packaged": packaged_source(Path(options.checkpoint))}
-    return SamSegmenter(sam), detected, info
+    loaded = load_segmenter(model_type, options.checkpoint, num_classes=num_classes, image_size=options.image_size,
+                            random_init=options.random_init)
+    if loaded.checkpoint is None:
+        return loaded.model, loaded.model_type, None
+    digests = file_digests(loaded.checkpoint)
+    info = {"path": str(Path(loaded.checkpoint).resolve()), "sha256": digests.sha256,
+            "size_bytes": digests.size_bytes, "packaged": packaged_source(Path(loaded.checkpoint))}
+    return loaded.model, loaded.model_type, info
 
 
 def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, split: CaseSplit,
