@@ -62,7 +62,7 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q
 
-# The Docker image (see README, "Docker"). On machines that reach no image registry,
+# The Docker image (see docs/docker.md). On machines that reach no image registry,
 # ../shared/tools/docker-base.sh builds the local base image this picks up when it exists.
 DOCKER_IMAGE ?= medsaga
 LOCAL_BASE_IMAGE := medsaga-test-base:bookworm

@@ -2,7 +2,7 @@
 # `make docker-test`: the image on this machine as a hospital runs it — no network at all, a
 # non-root user, sample_data/ mounted read-only, a run folder mounted writable — then checks on the
 # host that the label maps belong to that user and overlay their inputs exactly.
-# The README's Docker section shows these same commands.
+# docs/docker.md shows these same commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-medsaga}

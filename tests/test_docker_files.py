@@ -1,5 +1,5 @@
-"""The Docker image's recipe says what the README promises (the image itself is built and run by
-``make docker-test``, which CI does not: a 5 GB build per submission is too heavy)."""
+"""The Docker image's recipe says what its page (docs/docker.md) promises (the image itself is built
+and run by ``make docker-test``, which CI does not: a 5 GB build per submission is too heavy)."""
 
 from __future__ import annotations
 
@@ -36,14 +36,14 @@ def test_the_image_pins_the_torch_the_makefile_pins() -> None:
     assert re.search(r"^ARG TORCH_INDEX_URL=", _dockerfile(), re.MULTILINE)
 
 
-def test_readme_shows_exactly_what_make_docker_test_runs() -> None:
+def test_docker_page_shows_exactly_what_make_docker_test_runs() -> None:
     script = (ROOT / "scripts" / "docker_test.sh").read_text(encoding="utf-8").splitlines()
     first = script.index("medsaga() {")
     last = next(i for i, line in enumerate(script) if line.startswith("medsaga evaluate"))
     commands = "\n".join(script[first:last + 1])
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert commands in readme
-    assert "make docker-test" in readme and "--network none" in commands and ":ro" in commands
+    page = (ROOT / "docs" / "docker.md").read_text(encoding="utf-8")
+    assert commands in page
+    assert "make docker-test" in page and "--network none" in commands and ":ro" in commands
 
 
 def test_the_build_context_is_only_what_the_image_installs() -> None:
