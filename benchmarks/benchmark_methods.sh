@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's performance table: every tuning method on ViT-B at 256 px, batch 2, each in a fresh
+# The performance table (docs/performance.md): every tuning method on ViT-B at 256 px, batch 2, each in a fresh
 # process, with the memory-saving options side by side (layer-wise GaLore, activation checkpointing,
 # the embedding cache) and one entry with SAM's own padded-window attention (@padded).
 # SAM's weights are random: memory and speed do not depend on their values, so no checkpoint is needed.

@@ -23,7 +23,7 @@ so an interrupted benchmark continues where it stopped. Each finished run also l
 committed with the project): a run with a record is not repeated either, so the table, whose 42
 runs take longer than one working session on a 2-core CPU, is completed across machines.
 
-Usage (the README's table)::
+Usage (the table in docs/performance.md)::
 
     .venv/bin/python benchmarks/litemedsam_quality.py --data ../shared/data/malf-brain-t1 --out runs/quality
 """
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default="MALF_1000,MALF_1001,MALF_1002,MALF_1003,MALF_1004",
                         help="training cases, in the order K takes them")
     parser.add_argument("--test", default="MALF_1005,MALF_1006,MALF_1007", help="cases evaluated, never trained on")
-    # The README's table: 42 runs of 200 steps at 128 px, about 4.5 hours on a quiet 2-core CPU.
+    # The table in docs/performance.md: 42 runs of 200 steps at 128 px, about 4.5 hours on a quiet 2-core CPU.
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=128)

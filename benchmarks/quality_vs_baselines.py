@@ -25,7 +25,10 @@ budget, the measured wall seconds of each command, the CPU seconds of the comman
 the children), the medsaga commit, torch version, CPU model, OMP_NUM_THREADS and the date. A run
 with a record is not repeated (``--redo`` repeats it) and a kept record keeps its date, so the
 table is completed across sessions and machines. ``--table-only`` prints the tables from the
-records.
+records. Either way the run ends by writing one self-contained page (``--page``, default
+``OUT/report.html``, :mod:`quality_page`): the same tables, and per task and K each contender's
+predictions of every test case side by side on the same slices, those where the contenders
+together disagree most with the manual labels.
 
 Usage (one job at a time on a shared CPU)::
 
@@ -76,10 +79,12 @@ TASKS: dict[str, Task] = {
 CONTENDERS = ("unet", "medsaga-default", "medsaga-best", "nnunet")
 # Run in this order: the two that answer "does the default beat the U-Net" on every task first.
 DEFAULT_ORDER = "unet,medsaga-default;medsaga-best;nnunet"
-# The decoder on frozen, cached LiteMedSAM embeddings at its native 256 px: on CHAOS (issue 27) it
-# reached mean Dice 0.62 at K = 2 where the U-Net reached 0.25 in 10 CPU-minutes; a step costs
-# decoder time only, so a budget buys thousands of steps after the cache is built.
-BEST_OPTIONS = ("--method", "decoder", "--image-size", "256", "--cache-views", "4", "--batch-size", "8")
+# medsaga's strongest other configuration measured so far: the decoder alone on frozen, cached
+# LiteMedSAM embeddings at 128 px, 2 views (CHAOS K = 2, 600 CPU-s: 1,797 steps, mean Dice 0.46;
+# the default, a decoder warm-up then GaLore, reached 0.49). The earlier choice, 256 px with 4 views
+# and batch 8, made 41 steps in that budget and scored 0.00: at 256 px encoding 4 views of every
+# slice takes most of 10 CPU-minutes.
+BEST_OPTIONS = ("--method", "decoder", "--image-size", "128", "--cache-views", "2")
 
 
 def check_disjoint(train: tuple[str, ...] | list[str], test: tuple[str, ...] | list[str]) -> None:
@@ -104,8 +109,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the budget counts: each training process's CPU seconds (the default: fair "
                              "when other jobs share the machine) or wall-clock seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune-options", default="",
+                        help="extra `medsaga finetune` options for the medsaga contenders, as one string "
+                             "(--finetune-options='--image-size 128'); for experiments: give them their own "
+                             "--records and --out")
     parser.add_argument("--redo", action="store_true", help="repeat runs that have a record")
     parser.add_argument("--table-only", action="store_true", help="only print the tables from the records")
+    parser.add_argument("--page", type=Path, default=None,
+                        help="where to write the comparison page (default OUT/report.html): the tables and each "
+                             "contender's predictions side by side on the same slices")
+    parser.add_argument("--page-planes", default="axial",
+                        help="comma-separated planes of the page's overlays (axial, coronal, sagittal)")
     args = parser.parse_args(argv)
 
     groups = [group.split(",") for group in args.order.split(";")]
@@ -113,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or set(args.tasks.split(",")) - set(TASKS):
         parser.error(f"unknown contender or task: {sorted(unknown) or args.tasks}")
     shots = [int(k) for k in args.shots.split(",")]
+    planes = tuple(args.page_planes.split(","))
+    if set(planes) - {"axial", "coronal", "sagittal"}:
+        parser.error(f"--page-planes: choose among axial, coronal, sagittal, not {args.page_planes!r}")
     for name in args.tasks.split(","):
         task = TASKS[name]
         check_disjoint(task.pool, task.test)
@@ -132,7 +149,45 @@ def main(argv: list[str] | None = None) -> int:
                             _write_record(kept, record)
     records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(args.records.glob("*.json"))]
     print(markdown(records, args.budget))
+    page = write_page(args.page or args.out / "report.html", records, args.out, args.data, args.records, planes)
+    print(f"wrote {page}", file=sys.stderr)
     return 0
+
+
+def comparisons(records: list[dict[str, Any]], out: Path, data: Path) -> list[Any]:
+    """One :class:`quality_page.Comparison` per task and K with records: where each contender's
+    predictions and the test set it was scored on lie (under ``out``, as :func:`run_one` writes them)."""
+    from quality_page import Comparison
+
+    found = []
+    for task, k, scores in summary_rows(records):
+        spec = TASKS[task]
+        test = next(r for r in records if r["task"] == task and r["k"] == k)
+        cases = tuple(test.get("test_cases") or spec.test)
+        images, labels = _test_files(data / task, list(cases), test.get("test_slices", spec.test_slices),
+                                     out / task / "test")
+        found.append(Comparison(task, k, cases, {c: out / task / f"k{k}" / c / "predictions"
+                                                 for c in CONTENDERS if c in scores},
+                                labels, dict(zip(cases, images)), data / task / "dataset.json"))
+    return found
+
+
+def write_page(path: Path, records: list[dict[str, Any]], out: Path, data: Path, records_folder: Path,
+               planes: tuple[str, ...] = ("axial",)) -> Path:
+    """Write the comparison page (:mod:`quality_page`) for ``records`` to ``path``."""
+    from quality_page import write_comparison_page
+
+    facts = [("records", records_folder), ("predictions and test sets", out), ("data", data)]
+    return write_comparison_page(path, task_tables(records), summary_rows(records), CONTENDERS,
+                                 budget_note(records) if records else "", comparisons(records, out, data), facts,
+                                 planes, TASK_COLUMNS, DICE_DECIMALS)
+
+
+def _test_files(data: Path, cases: list[str], slices: int, folder: Path) -> tuple[list[Path], Path]:
+    """Where :func:`litemedsam_quality._test_set` put (or found) the test images and labels; writes nothing."""
+    if not slices:
+        return [data / "imagesTr" / f"{case}_0000.nii.gz" for case in cases], data / "labelsTr"
+    return [folder / "imagesTs" / f"{case}_0000.nii.gz" for case in cases], folder / "labelsTs"
 
 
 def run_one(args: argparse.Namespace, name: str, k: int, contender: str) -> dict[str, Any] | None:
@@ -150,7 +205,7 @@ def run_one(args: argparse.Namespace, name: str, k: int, contender: str) -> dict
     if contender.startswith("medsaga"):
         finetune = ["finetune", str(data), "--cases", ",".join(train_cases), "--model", "litemedsam",
                     "--time-budget", f"{args.budget:g}", "--time-budget-clock", args.clock, "--seed", str(args.seed), "--out", str(run), "--force",
-                    *(BEST_OPTIONS if contender == "medsaga-best" else ())]
+                    *(BEST_OPTIONS if contender == "medsaga-best" else ()), *args.finetune_options.split()]
         run.parent.mkdir(parents=True, exist_ok=True)
         timings = finetune_predict_evaluate(finetune, run, images, labels, title, logs=run.parent / contender)
         report = json.loads((run / "report.json").read_text(encoding="utf-8"))
@@ -261,39 +316,70 @@ class _LazyNNUNet:
 _BASELINES: dict[str, Any] = {"unet": _UNet, "nnunet": _LazyNNUNet}
 
 
+# The figures of each task's table: (row key, heading, decimals). The Markdown and the page show these.
+TASK_COLUMNS = (("mean_dice", "mean Dice", 3), ("mean_hd95", "mean HD95 mm", 1), ("steps", "steps", 0),
+                ("train_wall_seconds", "train wall s", 0), ("cpu_seconds", "CPU s (all)", 0))
+DICE_DECIMALS = 3
+
+
+def task_tables(records: list[dict[str, Any]]) -> list[tuple[str, list[str], list[dict[str, Any]]]]:
+    """Per task with records (in :data:`TASKS` order): its class names and one row per K and
+    contender (K, then :data:`CONTENDERS` order), each ``{"k", "contender", "dice": {class: Dice}}``
+    and the :data:`TASK_COLUMNS` figures (``None`` where there is none)."""
+    tables = []
+    for task in [t for t in TASKS if any(r["task"] == t for r in records)]:
+        rows = sorted((r for r in records if r["task"] == task),
+                      key=lambda r: (r["k"], CONTENDERS.index(r["contender"])))
+        names = list(rows[0]["classes"])
+        table = []
+        for r in rows:
+            classes = r["classes"]
+            hd95 = [classes[n]["hd95"] for n in names if n in classes and classes[n]["hd95"] is not None]
+            table.append({"k": r["k"], "contender": r["contender"],
+                          "dice": {n: (classes.get(n) or {}).get("dice") for n in names},
+                          "mean_dice": r["mean_dice"], "mean_hd95": sum(hd95) / len(hd95) if hd95 else None,
+                          "steps": r["trained"].get("steps"),
+                          "train_wall_seconds": r["wall_seconds"].get("finetune", r["wall_seconds"].get("train")),
+                          "cpu_seconds": r.get("cpu_seconds_all_commands")})
+        tables.append((task, names, table))
+    return tables
+
+
+def summary_rows(records: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, float]]]:
+    """``(task, K, {contender: mean Dice})`` for every task and K with records, in table order."""
+    keys = sorted({(r["task"], r["k"]) for r in records}, key=lambda key: (list(TASKS).index(key[0]), key[1]))
+    return [(task, k, {r["contender"]: r["mean_dice"] for r in records if r["task"] == task and r["k"] == k})
+            for task, k in keys]
+
+
+def budget_note(records: list[dict[str, Any]]) -> str:
+    """The budget line under the tables."""
+    budgets = sorted({r["budget_seconds"] for r in records})
+    clocks = sorted({r.get("budget_clock", "wall") for r in records})
+    return (f"Training budget per contender: {', '.join(f'{b:g}' for b in budgets)} s of "
+            f"{' / '.join('CPU' if c == 'cpu' else 'wall-clock' for c in clocks)} time.")
+
+
 def markdown(records: list[dict[str, Any]], budget: float | None = None) -> str:
     """Per task: one row per K and contender (per-class Dice, mean Dice, mean HD95, train steps and
     seconds); then a summary of mean Dice per task and contender."""
     if not records:
         return "(no finished runs)"
     lines: list[str] = []
-    for task in [t for t in TASKS if any(r["task"] == t for r in records)]:
-        rows = sorted((r for r in records if r["task"] == task),
-                      key=lambda r: (r["k"], CONTENDERS.index(r["contender"])))
-        names = list(rows[0]["classes"])
-        header = ["K", "contender", *[f"Dice {n}" for n in names], "mean Dice", "mean HD95 mm", "steps",
-                  "train wall s", "CPU s (all)"]
+    for task, names, rows in task_tables(records):
+        header = ["K", "contender", *[f"Dice {n}" for n in names], *(heading for _, heading, _ in TASK_COLUMNS)]
         lines += [f"### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in rows:
-            dice = [r["classes"][n]["dice"] for n in names]
-            hd95 = [r["classes"][n]["hd95"] for n in names if r["classes"][n]["hd95"] is not None]
-            cells = [str(r["k"]), r["contender"], *[_fmt(d, 3) for d in dice], _fmt(r["mean_dice"], 3),
-                     _fmt(sum(hd95) / len(hd95), 1) if hd95 else "–", str(r["trained"].get("steps", "–")),
-                     _fmt(r["wall_seconds"].get("finetune", r["wall_seconds"].get("train")), 0),
-                     _fmt(r.get("cpu_seconds_all_commands"), 0)]
+        for row in rows:
+            cells = [str(row["k"]), row["contender"], *[_fmt(row["dice"][n], DICE_DECIMALS) for n in names],
+                     *(_fmt(row[key], digits) for key, _, digits in TASK_COLUMNS)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### Summary: mean Dice over classes", ""]
-    keys = sorted({(r["task"], r["k"]) for r in records}, key=lambda key: (list(TASKS).index(key[0]), key[1]))
     header = ["task", "K", *CONTENDERS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task, k in keys:
-        found = {r["contender"]: r["mean_dice"] for r in records if r["task"] == task and r["k"] == k}
+    for task, k, found in summary_rows(records):
         lines.append("| " + " | ".join([task, str(k), *[_fmt(found.get(c), 3) for c in CONTENDERS]]) + " |")
-    budgets = sorted({r["budget_seconds"] for r in records})
-    clocks = sorted({r.get("budget_clock", "wall") for r in records})
-    lines += ["", f"Training budget per contender: {', '.join(f'{b:g}' for b in budgets)} s of "
-              f"{' / '.join('CPU' if c == 'cpu' else 'wall-clock' for c in clocks)} time."]
+    lines += ["", budget_note(records)]
     return "\n".join(lines)
 
 

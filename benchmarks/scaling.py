@@ -11,7 +11,7 @@ global batch, seed and steps, and prints a Markdown table: training slices/s ove
 wall time, and the cohort's volumes, slices and wall time (model loading on every rank included).
 Writes ``OUT/scaling.json`` and ``OUT/scaling.md``.
 
-Usage (the README's *Scaling out* table)::
+Usage (the table in docs/scaling-out.md)::
 
     .venv/bin/python benchmarks/scaling.py --out runs/scaling
 """

@@ -19,7 +19,7 @@ a pick, or two equal draws) is trained once. Each finished run leaves its record
 Prints, per method and K: the mean Dice of each rule's picks, and the mean, standard deviation,
 minimum and maximum over the random draws, and where each rule's picks rank among the draws.
 
-Usage (the README's table)::
+Usage (the table in docs/performance.md)::
 
     .venv/bin/python benchmarks/selection_vs_random.py --data ../shared/data/malf-brain-t1 --out runs/selection
 """

@@ -12,14 +12,16 @@ import typer
 from medsaga.errors import InputError
 
 # No square brackets: Typer renders help through rich, which would read "[@FLAG]" as markup.
-METHODS_HELP = """Entries to measure, comma-separated. An entry is a method name, then optional flags
-(@bf16: bf16 autocast; @ckpt: activation checkpointing; @cache: train on cached frozen-encoder
-outputs, as finetune --cache-embeddings on, for decoder and adapter; the cache's build is timed
-apart; @padded: train with SAM's own padded-window attention, as finetune --attention sam), then
-optional options after a colon, KEY=VALUE separated by commas (the method's own, as in
-finetune -o; a list joins its items with '+'). 'all' is every method. Examples: all;
-galore,galore:layerwise=true,full,lora,adapter,decoder; full,full@ckpt,full@bf16@ckpt;
-decoder,decoder@cache,adapter,adapter@cache; lora,lora@padded; galore@ckpt:layerwise=true,rank=4,decoder. Plain
+METHODS_HELP = """Entries to measure, comma-separated. An entry is a method name, then optional flags,
+then optional options after a colon, KEY=VALUE separated by commas (the method's own, as in
+finetune -o; a list joins its items with '+'). Each entry runs as finetune runs its method by
+default (lean: layer-wise GaLore, activation checkpointing where the encoder trains, the embedding
+cache for decoder and adapter, its build timed apart); flags: @speed: as finetune --speed (the fast
+configuration); @bf16: bf16 autocast; @ckpt: force activation checkpointing; @nocache: no embedding
+cache (as finetune --cache-embeddings off); @cache: the cache (decoder, adapter: on anyway);
+@padded: SAM's own padded-window attention, as finetune --attention sam. 'all' is every method.
+Examples: all; all,all@speed; galore,galore@speed,full@speed; decoder@nocache,decoder;
+lora,lora@padded; galore@speed:rank=4,decoder. Plain
 'full', the reference for the ratios, is added if absent."""
 
 

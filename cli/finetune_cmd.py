@@ -65,6 +65,12 @@ def finetune(
                                           help="What --time-budget counts: wall (the time you wait) or cpu "
                                                "(this process's CPU seconds: a fair share on a busy machine, "
                                                "for benchmarks)."),
+    decoder_warmup: float | None = typer.Option(
+        None, "--decoder-warmup",
+        help="Share of the steps (or of --time-budget) spent first training the mask decoder alone on the "
+             "frozen encoder's cached embeddings, before the method trains the encoder too (0 to 1, not 1; "
+             "0: none). Default: 0.5 for a method that trains the encoder, in a --time-budget run or one of "
+             "at least 100 steps; none otherwise."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per forward pass."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Forward/backward passes per optimizer step."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the method's, below; "
@@ -125,7 +131,7 @@ def finetune(
     nproc: int = typer.Option(1, "--nproc", help="Train with this many processes on this machine (one per GPU, "
                                                  "or CPU processes): launches torchrun. --batch-size is the "
                                                  "global batch, split between them. For several machines run "
-                                                 "torchrun yourself (README: Scaling out)."),
+                                                 "torchrun yourself (docs/scaling-out.md)."),
 ) -> None:
     """Few-shot fine-tuning of SAM for prompt-free multi-class segmentation.
 
@@ -160,7 +166,7 @@ def finetune(
             plane=plane, slice_mode=slice_mode, intensity=intensity, empty_ratio=empty_ratio, augment=augment,
             checkpoint_every=checkpoint_every, cache_embeddings=cache_embeddings, cache_views=cache_views,
             cache_dtype=cache_dtype, attention=attention, gpu_memory=gpu_memory, time_budget=time_budget,
-            time_budget_clock=time_budget_clock,
+            time_budget_clock=time_budget_clock, decoder_warmup=decoder_warmup,
             force=force), False
     if nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {nproc}")
@@ -186,9 +192,11 @@ def finetune(
 
             preamble.append(f"model {finetune_module.DEFAULT_MODEL}: the default, the pretrained medical SAM "
                             "installed with medsaga (--model or --checkpoint chooses another)")
+    from medsaga.plan.own_run import plan_own_run  # the memory plan: injected, medsaga.train does not import plan
+
     reporter = _Reporter(preamble)
     try:
-        outcome = run_finetune(options, reporter, resume=resuming)
+        outcome = run_finetune(options, reporter, resume=resuming, memory_planner=plan_own_run)
     finally:
         reporter.close()
     from medsaga import distributed

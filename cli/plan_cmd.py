@@ -34,22 +34,28 @@ def plan(
     profile_sizes: str | None = typer.Option(None, "--profile-sizes", help="Three image sizes to profile at, "
                                                                            "comma-separated (default 224,336,448; "
                                                                            "litemedsam 128,192,256)."),
+    measure: bool = typer.Option(False, "--measure", help="Profile every configuration again on --device "
+                                                           "(minutes; a GPU's allocator counts a little "
+                                                           "differently from the CPU profiler the shipped "
+                                                           "profiles come from) and cache the result."),
     out: Path | None = typer.Option(None, "--out", help="Also write the plan as JSON to this file."),
 ) -> None:
-    """The peak GPU memory of every method, lean (finetune's default) and with --speed, predicted
-    from a few small profiled steps (random weights: memory does not depend on their values).
+    """The peak GPU memory of every method, lean (finetune's default) and with --speed, from stored
+    profiles: a few small training steps measured once per model type and shipped in the package,
+    or measured on this machine before (cached); anything missing is profiled now, each
+    configuration in its own process, and cached.
 
-    Parameters, optimizer state and gradients are exact counts; activations are measured at two
-    batch sizes and three small image sizes and extrapolated (linear in the batch and in the
-    token count). Prints each peak with its breakdown, whether it fits in --gpu-memory, and the
-    largest batch size that does.
+    Parameters, optimizer state and gradients are exact counts; activations were measured at two
+    batch sizes and three small image sizes and are extrapolated (linear in the batch and in the
+    token count). Prints each peak with its breakdown, where it comes from, whether it fits in
+    --gpu-memory, and the largest batch size that does.
     """
     from medsaga.data.dataset import discover_dataset
+    from medsaga.device import resolve_device
     from medsaga.methods.registry import method_names
     from medsaga.model.build import check_image_size, check_model_type, default_image_size
     from medsaga.plan.run import default_profiled_sizes, gpu_memory_bytes, plan as run_plan
     from medsaga.train.data import label_mapping
-    from medsaga.train.finetune import resolve_device
 
     check_model_type(model)
     size = check_image_size(image_size if image_size is not None else default_image_size(model), "--image-size")
@@ -76,23 +82,30 @@ def plan(
 
     from rich.console import Console
 
+    from medsaga.plan.profiles import ProfileStore
+
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     started = time.perf_counter()
-    console.print(f"profiling {model} at {', '.join(map(str, sizes))} px, batches 1 and 2, on {torch_device.type}",
-                  markup=False)
+    store = ProfileStore()
     rows = run_plan(chosen, model_type=model, num_classes=mapping.num_classes, image_size=size, batch_size=batch_size,
-                    memory_bytes=memory, device=torch_device, sizes=sizes, precision=precision,
-                    on_progress=lambda what: console.print(f"  {what}", markup=False))
+                    memory_bytes=memory, device=torch_device, sizes=sizes, precision=precision, measure=measure,
+                    store=store, on_progress=lambda what: console.print(what, markup=False))
+    shipped = store.shipped_file(model) or {}
     document = {"model": model, "image_size": size, "batch_size": batch_size, "gpu_memory_bytes": memory,
                 "precision": precision, "device": str(torch_device), "profiled_sizes": list(sizes),
                 "num_classes": mapping.num_classes, "seconds": round(time.perf_counter() - started, 1),
-                "rows": [row.to_json() for row in rows]}
+                "shipped": {key: shipped.get(key) for key in ("medsaga_commit", "torch_version", "device", "cpu",
+                                                              "num_classes", "created")} if shipped else None,
+                "cache": str(store.cache), "rows": [row.to_json() for row in rows]}
     _print_plan(document, gpu_memory)
     if out is not None:
         from medsaga.io.atomic import atomic_output
 
         with atomic_output(out) as temporary:
             temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+SHORT = {"activation_checkpointing": "checkpointing"}  # the table's memory column
 
 
 def _gib(value: float) -> str:
@@ -106,23 +119,42 @@ def _print_plan(document: dict[str, Any], memory_text: str | None) -> None:
     title = (f"medsaga plan: {document['model']} at {document['image_size']} px, batch {document['batch_size']}, "
              f"{document['precision']}" + (f", GPU {memory_text}" if memory_text else ""))
     table = Table(title=title)
-    for column in ("method", "memory", "peak GiB", "weights", "optimizer", "gradients etc.", "activations"):
-        table.add_column(column, justify="left" if column in ("method", "memory") else "right")
+    for column in ("method", "memory", "peak GiB", "weights", "optimizer", "gradients etc.", "activations", "source"):
+        table.add_column(column, justify="left" if column in ("method", "memory", "source") else "right")
     if memory_text:
         table.add_column("fits")
         table.add_column("largest batch", justify="right")
     for row in document["rows"]:
         prediction = row["prediction"]
-        settings = row["profile"] + (f" ({', '.join(row['applied'])})" if row["applied"] else "")
+        applied = [SHORT.get(setting, setting) for setting in row["applied"]]
+        settings = row["profile"] + (f" ({', '.join(applied)})" if applied else "")
         cells = [row["method"], settings, _gib(prediction["peak_bytes"]), _gib(prediction["model_bytes"]),
                  _gib(prediction["optimizer_bytes"]), _gib(prediction["fixed_bytes"]),
-                 _gib(prediction["activation_bytes"])]
+                 _gib(prediction["activation_bytes"]), row["source"]]
         if memory_text:
             cells += ["yes" if row["fits"] else "NO", str(row["largest_batch"])]
         table.add_row(*cells)
     console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(table)
+    sources = {row["source"] for row in document["rows"]}
+    notes = []
+    shipped = document.get("shipped")
+    if "shipped" in sources and shipped:
+        commit = str(shipped["medsaga_commit"])
+        commit = commit[:12] + (" + changes" if "uncommitted" in commit else "")
+        classes = document["num_classes"]
+        notes.append(f"shipped: profiled with {shipped['num_classes']} classes on a CPU ({shipped['cpu']}) by "
+                     f"benchmarks/plan_profiles.py at medsaga {commit}, torch {shipped['torch_version']}"
+                     + (f"; {classes} classes here: the mask decoder's bytes for "
+                        f"{classes - shipped['num_classes']:+d} classes added" if classes != shipped["num_classes"]
+                        else ""))
+    if "cached" in sources:
+        notes.append(f"cached: profiled on this machine before ({document['cache']})")
+    if "measured now" in sources:
+        notes.append(f"measured now: profiled in this run on {document['device']}, and cached")
     console.print("Predicted peak of torch.cuda.max_memory_allocated during a training step (weights + optimizer "
                   "state + what a step allocates: gradients and temporaries, and activations for the batch). "
                   "The CUDA context and the allocator's caching add some hundreds of MiB on a real GPU. "
-                  f"Profiled in {document['seconds']:.0f} s.", markup=False)
+                  + " ".join(f"{note}." for note in notes)
+                  + f" Answered in {document['seconds']:.1f} s; --measure profiles again on this device.",
+                  markup=False)

@@ -73,3 +73,38 @@ def _range_text(above: float | None, at_least: float | None, below: float | None
     if at_most is not None:
         return f" of at most {at_most:g}"
     return ""
+
+
+MEMORY_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+                "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_memory(text: str) -> int:
+    """``12GiB`` → 12 × 2³⁰ bytes; ``8GB`` → 8 × 10⁹ (SI, as the units say); bare numbers are bytes.
+
+    Raises:
+        ValueError: not a size.
+    """
+    stripped = text.strip().replace(" ", "").lower()
+    number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = stripped[len(number):]
+    if unit not in MEMORY_UNITS:
+        raise ValueError(f"unknown unit {unit!r} in {text!r} (use GiB, GB, MiB...)")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a memory size: {text!r} (e.g. 12GiB)") from None
+    if value <= 0:
+        raise ValueError(f"memory must be positive, got {text!r}")
+    return int(value * MEMORY_UNITS[unit])
+
+
+def check_memory_size(option: str, text: str | None) -> int | None:
+    """A memory size option (``--gpu-memory 12GiB``) in bytes (:func:`parse_memory`); ``None`` when
+    not given; an :class:`InputError` naming the option when it is not a size."""
+    if text is None:
+        return None
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise InputError(f"{option}: {error}") from None

@@ -1,5 +1,6 @@
 """Helpers for the report tests and for docs/report.png: plausible predictions made from the sample
-data's reference labels, and headless Chromium (Debian's ``chromium``) to open the pages.
+data's reference labels, headless Chromium (Debian's ``chromium``) to open the pages, and a
+reader of the pages' tables, pictures and links (:class:`Page`).
 
 The predictions are the reference with the mistakes a model makes (a structure one voxel too thin,
 one shifted, a slab of one missed, a false blob), so the page has errors to show and the tests
@@ -8,9 +9,11 @@ need no model: writing them takes well under a second.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +96,87 @@ def screenshot(chromium: str, page: Path, png: Path, size: tuple[int, int] = (14
     if result.returncode != 0 or not png.is_file():
         raise RuntimeError(f"chromium --screenshot failed ({result.returncode}): {result.stderr[-2000:]}")
     return png
+
+
+class Page(HTMLParser):
+    """A page's elements as data: every ``<img>``'s attributes, every element with an ``id``, the
+    rows of each table (``tr`` attributes, then each cell's attributes and text), and every
+    ``src``/``href`` value."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.images: list[dict[str, str]] = []
+        self.links: list[str] = []
+        self.tables: dict[str, list[tuple[dict[str, str], list[tuple[dict[str, str], str]]]]] = {}
+        self.body: dict[str, str] = {}
+        self.meta: list[dict[str, str]] = []
+        self.ids: set[str] = set()
+        self._table: str | None = None
+        self._cell: tuple[dict[str, str], list[str]] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if "id" in a:
+            self.ids.add(a["id"])
+        for key in ("src", "href"):
+            if key in a:
+                self.links.append(a[key])
+        if tag == "img":
+            self.images.append(a)
+        elif tag == "body":
+            self.body = a
+        elif tag == "meta":
+            self.meta.append(a)
+        elif tag == "table":
+            self._table = a.get("id", f"table-{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append((a, []))
+        elif tag in ("td", "th") and self._table is not None and self.tables[self._table]:
+            self._cell = (a, [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1][1].append((self._cell[0], "".join(self._cell[1]).strip()))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell[1].append(data)
+
+    def cells(self, table: str, **row: str) -> dict[str, tuple[str, str]]:
+        """``metric → (data-value, text)`` of the first row of ``table`` whose attributes include ``row``
+        (``data_case="x"`` matches ``data-case="x"``)."""
+        wanted = {key.replace("_", "-"): value for key, value in row.items()}
+        for attrs, cells in self.tables[table]:
+            if all(attrs.get(k) == v for k, v in wanted.items()):
+                return {a["data-metric"]: (a["data-value"], text) for a, text in cells if "data-metric" in a}
+        raise AssertionError(f"no row {wanted} in {table}")
+
+
+def fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def assert_number(cell: tuple[str, str], value: float | None, digits: int) -> None:
+    """A table cell holds ``value``: exactly in ``data-value``, rounded as the terminal in its text."""
+    data, text = cell
+    if value is None:
+        assert (data, text) == ("", "–")
+    else:
+        assert float(data) == value and text == fmt(value, digits), (cell, value)
+
+
+def assert_offline(page: Page, text: str) -> None:
+    """Nothing on the page is fetched: every picture is a data: URI, no link leaves the page, and a
+    Content-Security-Policy forbids any other source."""
+    from medsaga.report.page import CSP
+
+    assert page.images and all(img["src"].startswith("data:image/png;base64,") for img in page.images)
+    assert all(link.startswith(("data:", "#")) for link in page.links), [link[:60] for link in page.links]
+    assert {"http-equiv": "Content-Security-Policy", "content": CSP} in page.meta
+    assert "default-src 'none'" in CSP
+    assert not re.search(r"https?://|//cdn|<link\b|<script[^>]*\bsrc=", text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image  # matplotlib's own dependency
 
 from medsaga.benchmark.report import add_ratios, markdown_table
 from medsaga.benchmark.run import CHART_FILE, JSON_FILE, MARKDOWN_FILE, BenchmarkOptions, run_benchmark
@@ -16,7 +18,6 @@ from medsaga.benchmark.slices import load_slices, save_slices, thin_stacks
 from medsaga.benchmark.variants import Variant, parse_variants, with_reference
 from medsaga.benchmark.worker import RECORD_FIELDS
 from medsaga.errors import InputError
-from medsaga.evaluate.png import SIGNATURE, png_size
 from medsaga.methods import method_names
 from medsaga.train.data import CaseStack
 from tests.test_cli import ROOT, assert_one_line_error
@@ -86,6 +87,39 @@ def test_all_global_flags_duplicates_and_the_reference() -> None:
     assert not added and len(variants) == 2
     _, reference, added = with_reference(parse_variants("full", NAMES), bf16=True)
     assert added and reference.label == "full@bf16"  # the reference runs with the global flags
+
+
+def test_entries_run_as_finetune_runs_them_and_speed_as_finetune_speed() -> None:
+    """One story about memory: an entry's configuration is finetune's default (the lean profile,
+    resolved by the same function); @speed is finetune --speed; and both are plan's two rows."""
+    from medsaga.benchmark.run import entry_config
+    from medsaga.plan.run import config_of
+    from medsaga.train.memory_profile import resolve_memory_profile
+
+    variants = parse_variants("all,all@speed", NAMES)
+    assert [v.label for v in variants] == [*NAMES, *(f"{name}@speed" for name in NAMES)]
+    for variant in variants:
+        config = entry_config(variant)
+        profile = resolve_memory_profile(variant.method, {}, speed=variant.speed, activation_checkpointing=None,
+                                         grad_accum=1)
+        planned = config_of(variant.method, profile, precision="fp32")
+        assert (config.profile, config.options, config.checkpointing, config.applied) == \
+            (profile.name, profile.method_options, profile.activation_checkpointing, profile.applied)
+        assert (config.options, config.checkpointing, config.cache) == \
+            (planned.method_options, planned.activation_checkpointing, planned.cache), variant.label
+    galore, galore_speed = (entry_config(v) for v in parse_variants("galore,galore@speed", NAMES))
+    assert galore.options == {"layerwise": True} and galore.checkpointing and galore.profile == "lean"
+    assert galore_speed.options == {} and not galore_speed.checkpointing and galore_speed.profile == "speed"
+    decoder, uncached = (entry_config(v) for v in parse_variants("decoder,decoder@nocache", NAMES))
+    assert decoder.cache and not uncached.cache
+    forced = entry_config(parse_variants("lora@speed@ckpt", NAMES)[0])
+    assert forced.checkpointing and forced.profile == "speed"
+    own = entry_config(parse_variants("galore:layerwise=false", NAMES)[0])  # the entry's own option wins
+    assert own.options == {"layerwise": False} and own.checkpointing
+    speed = parse_variants("galore@speed@bf16:rank=4", NAMES)[0]
+    assert speed.label == "galore@speed@bf16:rank=4" and parse_variants(speed.label, NAMES) == [speed]
+    with pytest.raises(InputError, match="contradict"):
+        parse_variants("decoder@cache@nocache", NAMES)
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -231,7 +265,8 @@ def test_worker_prints_one_json_line_with_every_field(measured) -> None:
         assert set(record) == set(RECORD_FIELDS)
         assert record["status"] == "ok" and record["error"] is None
         assert all(record[key] is not None for key in RECORD_FIELDS if key not in ("error", "embedding_cache")), record
-        assert record["embedding_cache"] is None  # no @cache
+        assert record["embedding_cache"] is None  # galore and full have nothing to cache
+        assert record["memory_profile"] == "lean"  # as finetune runs them by default
         assert set(record["memory"]) == {"frozen_parameters", "trainable_parameters", "gradients",
                                          "optimizer_state", "saved_activations", "sum_of_peaks"}
         assert record["peak_memory"]["kind"] == "peak RSS" and record["peak_memory"]["peak_reset_at_baseline"]
@@ -266,10 +301,8 @@ def test_outputs_and_ratios(measured) -> None:
     assert written["weights"].startswith("random weights") and written["data"]["slices"] >= 2
     markdown = (out / MARKDOWN_FILE).read_text()
     assert markdown == markdown_table(written) and "| `galore@ckpt:layerwise=true` |" in markdown
-    picture = (out / CHART_FILE).read_bytes()
-    assert picture.startswith(SIGNATURE)
-    width, height = png_size(picture)
-    assert width > 600 and height > 300
+    with Image.open(io.BytesIO((out / CHART_FILE).read_bytes())) as picture:
+        assert picture.format == "PNG" and picture.width > 600 and picture.height > 300
 
 
 def test_table_on_the_command_line(measured, capsys: pytest.CaptureFixture[str]) -> None:

@@ -182,8 +182,17 @@ def test_default_model_is_the_installed_litemedsam(tmp_path: Path) -> None:
 
     if installed_litemedsam() is None:
         pytest.skip("the LiteMedSAM weights package is not installed")
+    import torch
+
     resolved = _resolve_weights(FinetuneOptions(data_dir=tmp_path, out=tmp_path / "run"))
     assert resolved.model == "litemedsam" and resolved.image_size == 256
+    # Training on a CPU: its CPU default (issue 27); a size given is kept.
+    on_cpu = _resolve_weights(FinetuneOptions(data_dir=tmp_path, out=tmp_path / "run"), torch.device("cpu"))
+    assert on_cpu.image_size == 128 and on_cpu.checkpoint == installed_litemedsam()
+    assert _resolve_weights(FinetuneOptions(data_dir=tmp_path, out=tmp_path / "run", image_size=256),
+                            torch.device("cpu")).image_size == 256
+    assert _resolve_weights(FinetuneOptions(data_dir=tmp_path, out=tmp_path / "run"),
+                            torch.device("cuda")).image_size == 256
     assert resolved.checkpoint == installed_litemedsam()
     # --checkpoint alone still chooses another model (read from the file later).
     other = tmp_path / "sam_vit_b_01ec64.pth"

@@ -4,11 +4,11 @@ outputs, overlays, and the command line."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,9 @@ from medsaga.evaluate import (EvalClass, binary_metrics, case_metrics, classes_f
                               load_class_set, match_cases, match_images)
 from medsaga.evaluate.metrics import ClassMetrics
 from medsaga.evaluate.overlay import MIN_PANEL, GAP, choose_slices, class_colour, label_boundary, render_overlay
-from medsaga.evaluate.png import png_bytes, png_size
 from medsaga.evaluate.summary import summarise_class
 from medsaga.io import Volume
+from medsaga.report.figures import png_bytes
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
 from tests.test_cli import ROOT, assert_one_line_error
 
@@ -273,35 +273,21 @@ def test_undeclared_values_and_fractional_labels(tmp_path: Path) -> None:
 # Overlays and PNG
 # ---------------------------------------------------------------------------------------------
 
-def _decode_png(data: bytes) -> np.ndarray:
-    """A test-side PNG reader for our writer's output (RGB 8-bit, filter 0, one IDAT)."""
-    width, height = png_size(data)
-    position, idat = 8, b""
-    while position < len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        kind = data[position + 4:position + 8]
-        assert zlib.crc32(data[position + 4:position + 8 + length]) == \
-            int.from_bytes(data[position + 8 + length:position + 12 + length], "big")
-        if kind == b"IDAT":
-            idat += data[position + 8:position + 8 + length]
-        position += 12 + length
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + 3 * width)
-    assert (rows[:, 0] == 0).all()
-    return rows[:, 1:].reshape(height, width, 3)
+def _png_pixels(data: bytes) -> np.ndarray:
+    """A PNG file's pixels ``(H, W, 3)`` uint8, read by Pillow (matplotlib's own dependency)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as picture:
+        assert picture.format == "PNG"
+        return np.asarray(picture.convert("RGB"))
 
 
 def test_png_round_trip() -> None:
+    """The overlays' PNG encoder (matplotlib's) keeps every pixel exactly: labels stay readable."""
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    data = png_bytes(rgb)
-    assert png_size(data) == (7, 5)
-    np.testing.assert_array_equal(_decode_png(data), rgb)
-    try:
-        from PIL import Image  # a second, independent reader where one is installed
-    except ImportError:
-        return
-    import io
-
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), rgb)
+    np.testing.assert_array_equal(_png_pixels(png_bytes(rgb)), rgb)
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(rgb.astype(np.float32))
 
 
 def test_label_boundary_and_slice_choice() -> None:
@@ -376,7 +362,7 @@ def test_command_line_outputs(tmp_path: Path) -> None:
     assert document["cases"][1]["classes"][1]["hd95_mm"] is None
 
     for case in ("case_000", "case_001"):
-        width, height = png_size((out / "overlays" / f"{case}.png").read_bytes())
+        height, width, _ = _png_pixels((out / "overlays" / f"{case}.png").read_bytes()).shape
         assert (width, height) == (3 * MIN_PANEL + 2 * GAP, 12 * MIN_PANEL // 16)
 
     again = medsaga_evaluate(preds, root, "--out", out)

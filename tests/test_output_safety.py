@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from medsaga.errors import InputError
@@ -195,11 +194,16 @@ def test_a_failed_write_after_the_rename_is_one_line_and_puts_the_old_selection_
     assert medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", selection)[0] == 0
     old = snapshot(selection)
 
-    def disk_full(path: Path, rgb: np.ndarray) -> None:
-        Path(path).write_bytes(b"\x89PNG half")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    import medsaga.io.atomic as atomic
 
-    monkeypatch.setattr("medsaga.evaluate.png.write_png", disk_full)
+    fsync = atomic._fsync
+
+    def disk_full(path: Path) -> None:  # the new cohort_map.png, written in full, does not reach the disk
+        if path.name.endswith("cohort_map.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(path)
+
+    monkeypatch.setattr(atomic, "_fsync", disk_full)
     code, err = medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", selection, "--force")
     one_line_error(code, err, selection / "cohort_map.png", "cannot write", "No space left on device")
     assert snapshot(selection) == old

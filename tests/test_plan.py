@@ -90,12 +90,13 @@ def test_plan_refuses_bad_options_in_one_line(arguments: list[str], fragment: st
 
 
 def test_finetune_plans_its_own_run_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    from medsaga.plan.own_run import plan_own_run
     from medsaga.train.finetune import finetune
     from tests.test_finetune import QuietReporter, tiny_options
 
     reporter = QuietReporter()
     run = finetune(tiny_options(tmp_path / "fits", shots=1, steps=2, image_size=288, batch_size=3, method_options={},
-                                gpu_memory="10GiB", checkpoint_every=0), reporter)
+                                gpu_memory="10GiB", checkpoint_every=0), reporter, memory_planner=plan_own_run)
     plan = run.report["memory_plan"]
     assert plan["fits"] is True and plan["largest_batch"] > 3
     assert any(message.startswith("memory plan: predicted GPU peak") for message in reporter.messages)

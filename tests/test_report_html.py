@@ -13,17 +13,17 @@ browser tests skip.
 from __future__ import annotations
 
 import json
-import re
-from html.parser import HTMLParser
 from pathlib import Path
+
 import numpy as np
 import pytest
 
 from medsaga.io import Volume
-from medsaga.report.overlays import (NEUTRAL_GREY, PALETTE, case_overlays, class_colour, draw_panel, label_boundary,
-                                     worst_slice)
-from medsaga.report.page import CSP, case_score
-from tests.report_helpers import CASES, SAMPLE, dump_dom, find_chromium, screenshot, write_sample_predictions
+from medsaga.report.overlays import (NEUTRAL_GREY, PALETTE, case_overlays, class_colour, compare_overlays, draw_panel,
+                                     label_box, label_boundary, worst_slice)
+from medsaga.report.page import case_score
+from tests.report_helpers import (CASES, SAMPLE, Page, assert_number, assert_offline, dump_dom, find_chromium,
+                                  screenshot, write_sample_predictions)
 from tests.test_cli import assert_one_line_error, medsaga
 from tests.test_finetune import Interrupt, QuietReporter, tiny_options
 
@@ -64,88 +64,6 @@ def chromium() -> str:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs "
                     "it before the tests)")
     return found
-
-
-class Page(HTMLParser):
-    """A page's elements as data: every ``<img>``'s attributes, every element with an ``id``, the
-    rows of each table (``tr`` attributes, then each cell's attributes and text), and every
-    ``src``/``href`` value."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[dict[str, str]] = []
-        self.links: list[str] = []
-        self.tables: dict[str, list[tuple[dict[str, str], list[tuple[dict[str, str], str]]]]] = {}
-        self.body: dict[str, str] = {}
-        self.meta: list[dict[str, str]] = []
-        self.ids: set[str] = set()
-        self._table: str | None = None
-        self._cell: tuple[dict[str, str], list[str]] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if "id" in a:
-            self.ids.add(a["id"])
-        for key in ("src", "href"):
-            if key in a:
-                self.links.append(a[key])
-        if tag == "img":
-            self.images.append(a)
-        elif tag == "body":
-            self.body = a
-        elif tag == "meta":
-            self.meta.append(a)
-        elif tag == "table":
-            self._table = a.get("id", f"table-{len(self.tables)}")
-            self.tables[self._table] = []
-        elif tag == "tr" and self._table is not None:
-            self.tables[self._table].append((a, []))
-        elif tag in ("td", "th") and self._table is not None and self.tables[self._table]:
-            self._cell = (a, [])
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th") and self._cell is not None and self._table is not None:
-            self.tables[self._table][-1][1].append((self._cell[0], "".join(self._cell[1]).strip()))
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell[1].append(data)
-
-    def cells(self, table: str, **row: str) -> dict[str, tuple[str, str]]:
-        """``metric → (data-value, text)`` of the first row of ``table`` whose attributes include ``row``
-        (``data_case="x"`` matches ``data-case="x"``)."""
-        wanted = {key.replace("_", "-"): value for key, value in row.items()}
-        for attrs, cells in self.tables[table]:
-            if all(attrs.get(k) == v for k, v in wanted.items()):
-                return {a["data-metric"]: (a["data-value"], text) for a, text in cells if "data-metric" in a}
-        raise AssertionError(f"no row {wanted} in {table}")
-
-
-def fmt(value: float | None, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def assert_number(cell: tuple[str, str], value: float | None, digits: int) -> None:
-    """A table cell holds ``value``: exactly in ``data-value``, rounded as the terminal in its text."""
-    data, text = cell
-    if value is None:
-        assert (data, text) == ("", "–")
-    else:
-        assert float(data) == value and text == fmt(value, digits), (cell, value)
-
-
-def assert_offline(page: Page, text: str) -> None:
-    """Nothing on the page is fetched: every picture is a data: URI, no link leaves the page, and a
-    Content-Security-Policy forbids any other source."""
-    assert page.images and all(img["src"].startswith("data:image/png;base64,") for img in page.images)
-    assert all(link.startswith(("data:", "#")) for link in page.links), [link[:60] for link in page.links]
-    assert {"http-equiv": "Content-Security-Policy", "content": CSP} in page.meta
-    assert "default-src 'none'" in CSP
-    assert not re.search(r"https?://|//cdn|<link\b|<script[^>]*\bsrc=", text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +234,51 @@ def test_panel_fill_outline_and_neutral_background() -> None:
     thick = label_boundary(np.kron(reference, np.ones((2, 2), np.uint8)), 2)
     assert thick.sum() == 16 * 4 - 4 * 4 and not thick[8, 8]  # a ring two pixels wide around a 4x4 hole
     assert len({colour for _, colour in PALETTE}) == 7
+
+
+def test_compared_predictions_share_the_slice_where_they_disagree_most_and_one_crop() -> None:
+    """Two predictions of one case: the axial slice shown is the one with the most differing voxels
+    summed over both (not either's own worst), and every panel is cut to one box around the labels."""
+    reference = np.zeros((40, 30, 6), np.uint8)
+    reference[10:20, 8:16, 1:5] = 1
+    one, two = reference.copy(), reference.copy()
+    one[10:20, 8:10, 2] = 0  # 20 voxels missed on axial slice 2
+    two[10:14, 8:16, 3] = 0  # 32 voxels missed on slice 3...
+    one[10:16, 8:10, 3] = 0  # ...where the first also misses 12: slice 3 (44) beats slice 2 (20)
+    two[19, 15, 2] = 2  # and one wrong voxel on slice 2
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    planes = compare_overlays({"one": Volume(one, affine), "two": Volume(two, affine)}, Volume(reference, affine),
+                              None, None, ("axial", "sagittal"))
+    axial = planes[0]
+    assert (axial.plane, axial.index, axial.slices) == ("axial", 3, 6)
+    assert axial.disagreement == {"one": 12, "two": 32} and list(axial.pictures) == ["one", "two"]
+    shapes = {axial.reference.shape, *(p.shape for p in axial.pictures.values())}
+    assert len(shapes) == 1  # one crop, one enlargement for every panel
+    # The crop: the labels and 8 pixels around, inside the slice. Axial slices show anterior up and the
+    # patient's right on the left: rows run along -j (j 8..15 → rows 14..21), columns along -i (i 10..19
+    # → columns 20..29).
+    assert axial.box == (14 - 8, 30, 20 - 8, 30 + 8)
+    assert max(shapes.pop()[:2]) >= 256
+    # The reference panel outlines the labels and fills nothing; the predictions' panels differ.
+    assert not np.array_equal(axial.pictures["one"], axial.pictures["two"])
+    assert (axial.reference == np.array(class_colour(1), np.uint8)).all(axis=2).any()
+    grey = round(NEUTRAL_GREY * 255)
+    assert set(np.unique(axial.reference)) <= {grey, *class_colour(1)}
+    assert planes[1].plane == "sagittal" and planes[1].slices == 40
+
+
+def test_label_box_and_grouped_numbers() -> None:
+    from medsaga.report.page import format_number, number_cell
+
+    labels = np.zeros((100, 50), np.uint8)
+    labels[40:60, 2:5] = 3
+    assert label_box([labels]) == (32, 68, 0, 13)  # 20 rows + 8 each side; columns stop at the edge
+    assert label_box([labels], margin=0.5, min_margin=1) == (30, 70, 0, 7)
+    assert label_box([np.zeros((5, 7))]) == (0, 5, 0, 7)  # nothing labelled: the whole slice
+    assert format_number(1234.5, 0, grouping=True) == "1,234" and format_number(1234.5, 1) == "1234.5"
+    assert format_number(None, 2) == format_number(float("nan"), 2) == "–"
+    cell = number_cell("unet", 0.71234, 3, grouping=True, css="best")
+    assert cell == '<td class="num best" data-metric="unet" data-value="0.71234">0.712</td>'
 
 
 def test_evaluation_folder_with_its_report_is_medsaga_s_own(tmp_path: Path) -> None:

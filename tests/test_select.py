@@ -3,6 +3,7 @@ list feeding ``medsaga finetune --cases``."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image  # matplotlib's own dependency
 
 from medsaga.errors import InputError
 from medsaga.select.embed import tissue_slices
@@ -110,16 +112,14 @@ def _nifti_folder(root: Path, count: int = 5) -> Path:
 
 
 def test_select_on_a_folder_of_nifti_files_writes_the_list_the_table_and_the_map(tmp_path: Path) -> None:
-    from medsaga.evaluate.png import png_size
-
     folder = _nifti_folder(tmp_path / "scans")
     selection = select(_options(folder, tmp_path / "sel", tmp_path / "cache", shots=3))
     document = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert document["cases"] == selection.cases and len(set(selection.cases)) == 3
     assert set(selection.cases) <= {f"scan_{i}" for i in range(5)}
     assert (tmp_path / "sel" / "cases.txt").read_text().strip() == ",".join(selection.cases)
-    width, height = png_size((tmp_path / "sel" / "cohort_map.png").read_bytes())
-    assert width > 600 and height > 600
+    with Image.open(tmp_path / "sel" / "cohort_map.png") as picture:
+        assert picture.format == "PNG" and picture.width > 600 and picture.height > 600
     assert [row["rank"] for row in document["picks"]] == [1, 2, 3]
     assert document["picks"][0]["distance_to_earlier_picks"] is None
     assert all(row["distance_to_earlier_picks"] > 0 for row in document["picks"][1:])
@@ -215,13 +215,27 @@ def test_cli_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_cohort_map_marks_the_picks_where_the_principal_plane_puts_them() -> None:
-    from medsaga.select.cohort_map import PICK, SCAN, principal_plane, render_cohort_map
+    from matplotlib.colors import to_rgb
+
+    from medsaga.select.cohort_map import PICK, SCAN, cohort_figure, principal_plane, render_cohort_map
 
     descriptors = np.array([[0.0, 0, 0], [10, 0, 0], [0, 5, 0], [10, 5, 0.1]])
     coordinates, explained = principal_plane(descriptors)
     assert explained[0] == pytest.approx(0.8, abs=0.01) and explained.sum() == pytest.approx(1.0, abs=1e-3)
     assert abs(coordinates[1, 0] - coordinates[0, 0]) == pytest.approx(10, abs=0.01)  # distances kept on PC 1
-    image = render_cohort_map(coordinates, explained, ["a", "b", "c", "d"], [1], np.zeros(4, int), "title")
-    # One pick square (13 x 13) plus its label, three scan squares (7 x 7) and nothing else in grey.
-    assert (image == PICK).all(axis=-1).sum() > 13 * 13
-    assert (image == SCAN).all(axis=-1).sum() == 3 * 7 * 7
+    arguments = (coordinates, explained, ["a", "b", "c", "d"], [1], np.zeros(4, int), "title")
+    # The pick is drawn where the principal plane puts it, the three other scans where it puts them.
+    axes = cohort_figure(*arguments).axes[0]
+    drawn = {collection.get_label(): collection.get_offsets() for collection in axes.collections}
+    np.testing.assert_allclose(drawn["picks"], coordinates[[1]])
+    np.testing.assert_allclose(drawn["scans"], coordinates[[0, 2, 3]])
+    texts = {text.get_text() for text in axes.texts}
+    assert {"1: b", "a", "c", "d"} <= texts
+    assert axes.get_xlabel() == "principal component 1 (80% of the variance)"
+    # The PNG: the pick's vermillion square and the scans' grey dots are on it.
+    with Image.open(io.BytesIO(render_cohort_map(*arguments))) as picture:
+        assert picture.format == "PNG" and min(picture.size) > 600
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    for colour, least in ((PICK, 9 * 9), (SCAN, 3 * 5 * 5)):
+        near = (np.abs(pixels - np.round(np.array(to_rgb(colour)) * 255)).max(axis=2) <= 8).sum()
+        assert near >= least, (colour, near)

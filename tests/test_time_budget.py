@@ -84,7 +84,7 @@ def test_budgeted_run_trains_the_resolved_steps_and_ends_the_schedule(tmp_path: 
     # Every clock reading advances 0.5 s; the loop reads it once per step.
     clock = FakeClock(setup=5.0, tick=0.5)
     run = tmp_path / "run"
-    outcome = finetune(tiny_options(run, steps=None, time_budget="20s", checkpoint_every=100), QuietReporter(),
+    outcome = finetune(tiny_options(run, steps=None, time_budget="20s", checkpoint_every=100, decoder_warmup=0.0), QuietReporter(),
                        clock=clock)
     config = json.loads((run / "config.json").read_text())
     report = json.loads((run / "report.json").read_text())
@@ -104,7 +104,7 @@ def test_budgeted_run_trains_the_resolved_steps_and_ends_the_schedule(tmp_path: 
 def test_resume_keeps_the_resolved_steps(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(Interrupt):
-        finetune(tiny_options(run, steps=None, time_budget="20s", checkpoint_every=10), QuietReporter(stop_at=14),
+        finetune(tiny_options(run, steps=None, time_budget="20s", checkpoint_every=10, decoder_warmup=0.0), QuietReporter(stop_at=14),
                  clock=FakeClock(setup=5.0, tick=0.5))
     assert json.loads((run / "config.json").read_text())["time_budget"]["resolved_steps"] == 28
     # A resumed run does not time anything again: a clock that has run out changes nothing.
@@ -136,7 +136,7 @@ def test_cpu_clock_counts_this_process_cpu_seconds(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(time, "process_time", FakeClock(setup=5.0, tick=0.5))
     run = tmp_path / "run"
     wall = FakeClock(setup=1e6, tick=1e6)  # the wall clock would have spent the budget at once
-    finetune(tiny_options(run, steps=None, time_budget="20s", time_budget_clock="cpu", checkpoint_every=100),
+    finetune(tiny_options(run, steps=None, time_budget="20s", time_budget_clock="cpu", checkpoint_every=100, decoder_warmup=0.0),
              QuietReporter(), clock=wall)
     config = json.loads((run / "config.json").read_text())
     assert config["time_budget"]["clock"] == "cpu" and config["time_budget"]["resolved_steps"] == 28

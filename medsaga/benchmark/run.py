@@ -72,13 +72,58 @@ CommandRunner = Callable[[list[str]], tuple[int, str, str]]
 
 
 @dataclass(frozen=True)
+class EntryConfig:
+    """What one entry trains with: finetune's memory profile resolved for the variant.
+
+    Attributes:
+        profile: ``lean`` (finetune's default) or ``speed`` (``@speed``, finetune ``--speed``).
+        options: the method's options, the profile's lean ones added (the entry's own kept).
+        checkpointing: activation checkpointing of the encoder blocks.
+        cache: train on the embedding cache.
+        applied: the lean settings in force, as finetune's report lists them.
+        notes: lean settings that gave way to an option of the entry's.
+    """
+
+    profile: str
+    options: dict[str, Any]
+    checkpointing: bool
+    cache: bool
+    applied: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def entry_config(variant: Variant) -> EntryConfig:
+    """The configuration ``variant`` runs: what ``finetune --method M`` (``--speed`` for ``@speed``)
+    trains with, through the same :func:`~medsaga.train.memory_profile.resolve_memory_profile`;
+    the cache as ``medsaga plan`` counts it (on wherever the method can use it, ``@nocache`` off).
+
+    Raises:
+        InputError: conflicting options of the entry's own; ``@cache`` on a method with nothing to cache.
+    """
+    from medsaga.methods.registry import method_class, method_classes
+    from medsaga.train.memory_profile import resolve_memory_profile
+
+    method_type = method_class(variant.method)
+    resolved = resolve_memory_profile(variant.method, variant.options_dict(), speed=variant.speed,
+                                      activation_checkpointing=True if variant.checkpointing else None, grad_accum=1)
+    if variant.cache and not method_type.encoder_cacheable:
+        cacheable = [other.name for other in method_classes() if other.encoder_cacheable]
+        raise InputError(f"--methods: {variant.label}: method {variant.method!r} trains its image encoder, so there "
+                         f"is no frozen encoder output to cache (@cache fits {', '.join(cacheable)})")
+    cache = method_type.encoder_cacheable and not variant.nocache
+    return EntryConfig(resolved.name, resolved.method_options, resolved.activation_checkpointing, cache,
+                       resolved.applied, resolved.notes)
+
+
+@dataclass(frozen=True)
 class _Plan:
-    """What the checks decided: the entries in order, the reference, and notes for the user."""
+    """What the checks decided: the entries in order, their configurations, the reference, and notes."""
 
     variants: list[Variant]
     reference: Variant
     device: Any  # torch.device
     notes: list[str]
+    configs: list[EntryConfig]
 
 
 def run_benchmark(options: BenchmarkOptions, reporter: BenchmarkReporter, *,
@@ -121,7 +166,6 @@ def run_benchmark(options: BenchmarkOptions, reporter: BenchmarkReporter, *,
 def _plan(options: BenchmarkOptions) -> _Plan:
     """Every check that needs no data: sizes, counts, device, the --methods text and each method's options."""
     from medsaga.methods import create_method, method_names
-    from medsaga.methods.registry import method_classes
     from medsaga.model.build import check_image_size, check_model_type
     from medsaga.train.finetune import resolve_device
 
@@ -136,27 +180,29 @@ def _plan(options: BenchmarkOptions) -> _Plan:
                             checkpointing=options.activation_checkpointing)
     variants, reference, added = with_reference(listed, bf16=options.bf16,
                                                 checkpointing=options.activation_checkpointing)
-    # Each method checks its own options here (a bad one fails now, not in a worker).
-    methods = [create_method(variant.method, variant.options_dict()) for variant in variants]
-    for variant, method in zip(variants, methods):
-        if variant.cache and not method.encoder_cacheable:
-            cacheable = [method_type.name for method_type in method_classes() if method_type.encoder_cacheable]
-            raise InputError(f"--methods: {variant.label}: method {method.name!r} trains its image encoder, so there "
-                             f"is no frozen encoder output to cache (@cache fits {', '.join(cacheable)})")
+    # Each entry resolves finetune's memory profile, and its method checks the options it ends up
+    # with here (a bad one fails now, not in a worker).
+    configs = [entry_config(variant) for variant in variants]
+    methods = [create_method(variant.method, config.options) for variant, config in zip(variants, configs)]
     notes = [f"added {reference.label} as the reference the ratios are computed against"] if added else []
+    notes.append("each entry runs as finetune runs its method by default (lean: "
+                 + "; ".join(f"{variant.label} {', '.join(config.applied) or 'nothing to add'}"
+                             for variant, config in zip(variants, configs) if not variant.speed)
+                 + "); @speed entries as finetune --speed")
+    notes += [f"{variant.label}: {note}" for variant, config in zip(variants, configs) for note in config.notes]
     idle = [variant.label for variant, method in zip(variants, methods)
             if variant.checkpointing and method.encoder_frozen]
     if idle:
         notes.append(f"activation checkpointing has no effect on {', '.join(idle)}: the encoder runs without "
                      "gradients there, so it stores no activations to recompute")
-    cached = [variant.label for variant in variants if variant.cache]
+    cached = [variant.label for variant, config in zip(variants, configs) if config.cache]
     if cached:
         from medsaga.train.embedding_cache import DEFAULT_VIEWS
 
         notes.append(f"{', '.join(cached)}: the timed steps train on a cache of {DEFAULT_VIEWS} fixed views per "
-                     "slice; the cache's build (its frozen-encoder passes) is timed apart, as "
+                     "slice (@nocache: without); the cache's build (its frozen-encoder passes) is timed apart, as "
                      "embedding_cache.build_seconds in the JSON")
-    return _Plan(variants, reference, device, notes)
+    return _Plan(variants, reference, device, notes, configs)
 
 
 def _measure(options: BenchmarkOptions, plan: _Plan, stacks: list[Any], num_classes: int,
@@ -169,14 +215,15 @@ def _measure(options: BenchmarkOptions, plan: _Plan, stacks: list[Any], num_clas
     with tempfile.TemporaryDirectory(prefix="medsaga-benchmark-") as scratch:
         slices_path = Path(scratch) / "slices.safetensors"
         save_slices(stacks, slices_path)
-        for index, variant in enumerate(plan.variants):
-            spec = WorkerSpec(label=variant.label, method=variant.method, options=variant.options_dict(),
-                              precision=variant.precision, activation_checkpointing=variant.checkpointing,
+        for index, (variant, config) in enumerate(zip(plan.variants, plan.configs)):
+            spec = WorkerSpec(label=variant.label, method=variant.method, options=config.options,
+                              precision=variant.precision, activation_checkpointing=config.checkpointing,
                               model=options.model, image_size=options.image_size, num_classes=num_classes,
                               batch_size=options.batch_size, steps=options.steps, device=plan.device.type,
                               seed=options.seed, slices=str(slices_path), threads=options.threads,
-                              cache_views=DEFAULT_VIEWS if variant.cache else 0,
-                              fast_attention=not variant.padded)
+                              cache_views=DEFAULT_VIEWS if config.cache else 0,
+                              fast_attention=not variant.padded, memory_profile=config.profile,
+                              lean_settings=list(config.applied))
             reporter.on_entry_start(index, len(plan.variants), variant.label)
             record = _run_worker(spec, Path(scratch) / f"spec-{index}.json", run_command)
             entries.append(record)

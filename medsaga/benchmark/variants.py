@@ -3,20 +3,32 @@
 Syntax (one string, entries separated by commas)::
 
     ENTRY   := METHOD[@FLAG]...[:KEY=VALUE[,KEY=VALUE]...]  |  all[@FLAG]...
-    FLAG    := bf16 | ckpt | cache | padded
-                                      (bf16 autocast; activation checkpointing of the encoder blocks;
-                                       training on cached frozen-encoder outputs, for the methods
-                                       that have a frozen encoder part: decoder, adapter; SAM's own
-                                       attention over zero-padded windows instead of the default
-                                       exact no-padding attention, as ``finetune --attention sam``)
+    FLAG    := speed | bf16 | ckpt | cache | nocache | padded
+                                      (finetune's --speed: the fast configuration instead of the lean
+                                       default; bf16 autocast; activation checkpointing of the encoder
+                                       blocks; training on cached frozen-encoder outputs, for the
+                                       methods that have a frozen encoder part: decoder, adapter (on
+                                       by default there); the whole model run every step instead
+                                       (finetune --cache-embeddings off); SAM's own attention over
+                                       zero-padded windows instead of the default exact no-padding
+                                       attention, as ``finetune --attention sam``)
     VALUE   := true | false | a number | text; a list joins its items with '+' (targets=q+k+v)
+
+An entry runs its method **as** ``finetune --method METHOD`` **runs it by default**: the lean memory
+profile (:mod:`medsaga.train.memory_profile`: the method's lean options such as layer-wise GaLore,
+activation checkpointing where the encoder trains, the embedding cache where the method has a
+frozen part), resolved by the same function, so ``medsaga plan``'s ``lean`` row, the benchmark's
+entry and a finetune run's report describe one configuration. ``@speed`` is ``finetune --speed``
+(plan's ``speed`` row): no lean settings; the cache stays where the method can use it, as plan
+counts it. Options and flags the entry gives win over the profile, as in finetune.
 
 Examples::
 
-    all                                   every registered method with its defaults
-    galore,galore:layerwise=true,full     GaLore twice, plain and layer-wise, and the reference
-    full,full@ckpt,full@bf16@ckpt         full fine-tuning with each memory saving, side by side
-    decoder,decoder@cache,adapter@cache   what the embedding cache does to the decoder's speed
+    all                                   every registered method as finetune runs it by default
+    all,all@speed                         ... and each in its fast configuration (plan's two rows)
+    galore,galore@speed,full@speed        lean GaLore, plain GaLore, and classic full fine-tuning
+    full@speed,full@speed@ckpt,full@bf16  full fine-tuning with each memory saving, side by side
+    decoder@nocache,decoder               what the embedding cache does to the decoder's speed
     lora,lora@padded                      what skipping the window padding saves
     lora:rank=8,alpha=16,decoder          LoRA with two options, then the decoder-only method
 
@@ -38,7 +50,7 @@ from typing import Any
 from medsaga.errors import InputError
 from medsaga.methods.option_text import format_option_value, parse_option_value
 
-FLAGS = ("bf16", "ckpt", "cache", "padded")
+FLAGS = ("speed", "bf16", "ckpt", "cache", "nocache", "padded")
 ALL = "all"
 REFERENCE_METHOD = "full"
 LIST_SEPARATOR = "+"  # commas separate entries
@@ -46,17 +58,22 @@ LIST_SEPARATOR = "+"  # commas separate entries
 
 @dataclass(frozen=True)
 class Variant:
-    """One benchmark entry: a method, its options, and the memory-saving flags it runs with.
+    """One benchmark entry: a method, its options, and the memory flags it runs with (module docstring).
 
     Attributes:
         method: a registered method name (``galore``, ``full``...).
-        options: ``(key, value)`` pairs in the order given; empty means the method's defaults.
+        options: ``(key, value)`` pairs in the order given; empty means the method's defaults
+            (plus the lean profile's, unless ``speed``).
         bf16: run the forward pass under bf16 autocast.
-        checkpointing: recompute the encoder blocks in backward (no effect when the encoder is frozen).
+        checkpointing: recompute the encoder blocks in backward (forced on; without it the profile
+            decides: on in the lean profile where the encoder trains).
         cache: train on the embedding cache (:mod:`medsaga.train.embedding_cache`): the timed steps
-            read cached frozen-encoder outputs; the cache's build is timed apart.
+            read cached frozen-encoder outputs; the cache's build is timed apart. (On anyway for a
+            method with a cacheable part, unless ``nocache``.)
         padded: SAM's own padded-window attention (training and inference) instead of the exact
             no-padding attention of :mod:`medsaga.model.fast_attention`.
+        speed: ``finetune --speed``'s configuration instead of the lean default.
+        nocache: no embedding cache (``finetune --cache-embeddings off``).
     """
 
     method: str
@@ -65,11 +82,14 @@ class Variant:
     checkpointing: bool = False
     cache: bool = False
     padded: bool = False
+    speed: bool = False
+    nocache: bool = False
 
     @property
     def label(self) -> str:
         """The entry as written in the canonical syntax, e.g. ``galore@ckpt:layerwise=true``."""
-        flags = [flag for flag, on in zip(FLAGS, (self.bf16, self.checkpointing, self.cache, self.padded)) if on]
+        on = (self.speed, self.bf16, self.checkpointing, self.cache, self.nocache, self.padded)
+        flags = [flag for flag, flagged in zip(FLAGS, on) if flagged]
         text = self.method + "".join(f"@{flag}" for flag in flags)
         if self.options:
             text += ":" + ",".join(f"{key}={format_value(value)}" for key, value in self.options)
@@ -120,10 +140,14 @@ def parse_variants(text: str, method_names: Sequence[str], *, bf16: bool = False
         flag_ckpt = checkpointing or "ckpt" in flags
         flag_cache = "cache" in flags
         flag_padded = "padded" in flags
+        flag_speed, flag_nocache = "speed" in flags, "nocache" in flags
+        if flag_cache and flag_nocache:
+            raise InputError(f"--methods: {piece!r}: @cache and @nocache contradict each other; drop one")
         if name == ALL:
             if colon:
                 raise InputError(f"--methods: {piece!r}: 'all' takes flags (all@ckpt) but no options")
-            variants.extend(Variant(method, (), flag_bf16, flag_ckpt, flag_cache, flag_padded) for method in method_names)
+            variants.extend(Variant(method, (), flag_bf16, flag_ckpt, flag_cache, flag_padded, flag_speed, flag_nocache)
+                            for method in method_names)
             open_options = None
             continue
         if name not in method_names:
@@ -136,7 +160,8 @@ def parse_variants(text: str, method_names: Sequence[str], *, bf16: bool = False
             open_options = [_parse_option(first_option)]
         else:
             open_options = None
-        variants.append(Variant(name, tuple(open_options or ()), flag_bf16, flag_ckpt, flag_cache, flag_padded))
+        variants.append(Variant(name, tuple(open_options or ()), flag_bf16, flag_ckpt, flag_cache, flag_padded,
+                                flag_speed, flag_nocache))
     return _unique(variants)
 
 

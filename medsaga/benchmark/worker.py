@@ -14,8 +14,8 @@ What it does, through the same code as ``medsaga finetune``:
    state and, for GaLore, computes the first projections (refreshed every 200 steps after that);
    the peak memory and the memory breakdown cover every step, warm-up included. On a CPU one more
    step follows, untimed and profiled, for the tensor peak (what CUDA's ``max_memory_allocated``
-   would read; :class:`medsaga.train.memory.StepTensorPeak`). With ``@cache``
-   the loop first builds the embedding cache (timed apart: ``embedding_cache.build_seconds``) and
+   would read; :class:`medsaga.train.memory.StepTensorPeak`). With the cache (a decoder or
+   adapter entry, unless ``@nocache``) the loop first builds the embedding cache (timed apart: ``embedding_cache.build_seconds``) and
    every step, warm-up and timed, trains on it;
 3. times inference on the same slices and batch size: ``model.eval()``, ``torch.inference_mode()``,
    the full forward pass (encoder and decoder), the entry's precision; one warm-up batch, then
@@ -34,7 +34,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,9 @@ RECORD_FIELDS = (
     "inference_sam_slices_per_second", "inference_sam_batch_seconds", "encoder_flops_per_slice",
     "encoder_gflops_per_second", "encoder_sam_gflops_per_second", "matmul_peak_gflops_per_second",
     "encoder_fraction_of_peak",
-    "embedding_cache",  # null unless the entry trains on the cache (@cache): then its views, bytes, build_seconds
+    "embedding_cache",  # null unless the entry trains on the cache: then its views, bytes, build_seconds
+    # finetune's memory profile the entry runs (lean: its default; speed: --speed) and the lean settings in force.
+    "memory_profile", "lean_settings",
 )
 
 
@@ -76,6 +78,8 @@ class WorkerSpec:
             (built before the warm-up step and timed apart: the timed steps read the cache).
         fast_attention: train with the exact no-padding attention (``finetune``'s default);
             ``False``: SAM's padded windows. Inference is timed both ways regardless.
+        memory_profile, lean_settings: recorded only: the profile the parent resolved the
+            options, checkpointing and cache above from (:func:`medsaga.benchmark.run.entry_config`).
     """
 
     label: str
@@ -94,6 +98,8 @@ class WorkerSpec:
     threads: int | None = None
     cache_views: int = 0
     fast_attention: bool = True
+    memory_profile: str = "lean"
+    lean_settings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +125,8 @@ def measure(spec: WorkerSpec) -> dict[str, Any]:
                   activation_checkpointing_applied=spec.activation_checkpointing and not method.encoder_frozen,
                   status="ok", device=str(device), model=spec.model, image_size=spec.image_size,
                   batch_size=spec.batch_size, warmup_steps=WARMUP_STEPS, timed_steps=spec.steps,
-                  torch_version=torch.__version__, torch_threads=torch.get_num_threads())
+                  torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
+                  memory_profile=spec.memory_profile, lean_settings=list(spec.lean_settings))
 
     torch.manual_seed(spec.seed)
     model = load_segmenter(spec.model, num_classes=spec.num_classes, image_size=spec.image_size,

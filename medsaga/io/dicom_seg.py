@@ -26,22 +26,14 @@ from typing import Any, Callable
 import numpy as np
 
 from medsaga.errors import InputError
+from medsaga.io.read_image import SEG_SOP_CLASS_UIDS, is_dicom_seg, read_image  # noqa: F401 (re-exported)
 from medsaga.io.volume import LPS_TO_RAS, SourceInfo, Volume
 
-SEG_SOP_CLASS_UIDS = frozenset({
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
-})
 OVERLAP_RULE = "highest segment number wins"
 # Sibling folders searched for the referenced series when none is given (bounded: it reads headers).
 _MAX_SEARCHED_FOLDERS = 64
 _GRID_TOL = 1e-3  # direction/spacing ratios (unitless)
 _OFFSET_TOL_VOXELS = 0.05  # positions written as decimal strings land this close to whole voxels
-
-
-def is_dicom_seg(dataset: Any) -> bool:
-    """True when a pydicom dataset (header enough) is a DICOM Segmentation."""
-    return str(dataset.get("SOPClassUID", "")) in SEG_SOP_CLASS_UIDS or str(dataset.get("Modality", "")) == "SEG"
 
 
 def segment_labels(volume: Volume) -> dict[int, str]:
@@ -60,8 +52,8 @@ def read_dicom_seg(seg_path: Path, series: Path | Volume | None = None) -> Volum
     Args:
         seg_path: the DICOM-SEG file.
         series: the segmented image: a DICOM series folder (the series the SEG references is picked
-            from it), any other path :func:`medsaga.io.read_volume` reads, or a :class:`Volume`
-            already read. ``None``: look for the referenced series (by SeriesInstanceUID) in the
+            from it), any other image path :func:`medsaga.io.read_volume` reads (not another
+            DICOM-SEG: :func:`medsaga.io.read_image.read_image`), or a :class:`Volume` already read. ``None``: look for the referenced series (by SeriesInstanceUID) in the
             SEG's folder and its subfolders.
 
     Returns:
@@ -128,8 +120,6 @@ def _load(seg_path: Path) -> Any:
 
 def _reference_volume(seg_path: Path, series: Path | Volume | None, referenced_series: list[str]) -> Volume:
     """The image the SEG is placed on: given, or found next to the SEG by SeriesInstanceUID."""
-    from medsaga.io.read import read_volume
-
     if isinstance(series, Volume):
         return series
     if series is None:
@@ -140,8 +130,8 @@ def _reference_volume(seg_path: Path, series: Path | Volume | None, referenced_s
 
         present = {summary.uid for summary in list_dicom_series(series)}
         chosen = next((uid for uid in referenced_series if uid in present), None)
-        return read_volume(series, series_uid=chosen)
-    return read_volume(series)
+        return read_image(series, series_uid=chosen)
+    return read_image(series)
 
 
 def _find_referenced_series(seg_path: Path, referenced_series: list[str]) -> Path:

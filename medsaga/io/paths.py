@@ -80,6 +80,9 @@ OWNED_CONTENTS: dict[str, Tree] = {
         "config.json": FILE, "report.json": FILE, "report.html": FILE, "metrics.jsonl": FILE,
         "trained.safetensors": FILE, "method.json": FILE,
         "checkpoint": _CHECKPOINT, ".checkpoint-new": _CHECKPOINT, ".checkpoint-old": _CHECKPOINT,
+        # the decoder warm-up's phase (medsaga.train.decoder_warmup)
+        "decoder-warmup": {"metrics.jsonl": FILE, "trained.safetensors": FILE, "method.json": FILE,
+                           "checkpoint": _CHECKPOINT, ".checkpoint-new": _CHECKPOINT, ".checkpoint-old": _CHECKPOINT},
         # what `make demo` writes inside its run: medsaga predict's and medsaga evaluate's outputs
         "predictions": {"*.nii.gz": FILE, "*.nrrd": FILE, "*.seg.dcm": FILE, "probabilities": {"*.nii.gz": FILE}},
         "evaluation": {"metrics.csv": FILE, "metrics.json": FILE, "report.html": FILE, "overlays": {"*.png": FILE}},

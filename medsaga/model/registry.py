@@ -83,6 +83,9 @@ class ModelType:
         packaged_weights: ``() → path`` of the verified weights a package installs (None: none),
             used when neither a checkpoint nor random weights are asked for.
         profiled_sizes: three small input sizes ``medsaga plan`` measures a training step at.
+        cpu_train_image_size: ``medsaga finetune``'s default input size when it trains on a CPU
+            (``None``: :attr:`default_image_size` there too). Only the training default: a run
+            records its size, and predict, select and plan keep :attr:`default_image_size`.
     """
 
     name: str
@@ -101,6 +104,8 @@ class ModelType:
         | None = None
     packaged_weights: Callable[[], Path] | None = None
     profiled_sizes: tuple[int, int, int] = (224, 336, 448)
+    # finetune's default input size on a CPU, where it differs (None: default_image_size everywhere)
+    cpu_train_image_size: int | None = None
 
     def source_image_size(self, state_dict: StateDict, path: str | Path | None = None) -> int:
         """The input size ``state_dict`` (of this type) was made for."""
@@ -288,6 +293,10 @@ LITEMEDSAM_TYPE = ModelType(
     marker=TINY_VIT_MARKER, describe="litemedsam (TinyViT)", trained_image_size=256,
     packaged_weights=_litemedsam_weights,
     profiled_sizes=(128, 192, 256),
+    # On a CPU, 10 CPU-minutes (one thread) buy LiteMedSAM ~45 GaLore or ~40 cached-decoder steps at
+    # 256 px, and every such run on CHAOS stayed all background (mean Dice 0.00); at 128 px the
+    # default made 611 + 39 steps and reached 0.49 (benchmarks/quality_vs_baselines.py, issue 27).
+    cpu_train_image_size=128,
 )
 
 

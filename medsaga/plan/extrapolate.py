@@ -150,5 +150,19 @@ class PeakModel:
             return limit
         return int(min(limit, (memory_bytes - base) // per_image))
 
+    def plus(self, other: PeakModel, factor: float) -> PeakModel:
+        """This model with ``factor`` times ``other`` added to every term (the bytes of
+        ``factor`` more classes, ``other`` being the bytes of one)."""
+
+        def add(mine: tuple[float, float], theirs: tuple[float, float]) -> tuple[float, float]:
+            return mine[0] + factor * theirs[0], mine[1] + factor * theirs[1]
+
+        return PeakModel(add(self.model, other.model), add(self.optimizer, other.optimizer),
+                         add(self.fixed, other.fixed), add(self.per_image, other.per_image))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> PeakModel:
+        return cls(*(tuple(record[name]) for name in ("model", "optimizer", "fixed", "per_image")))

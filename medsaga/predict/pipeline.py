@@ -148,7 +148,7 @@ def predict(options: PredictOptions, reporter: PredictReporter) -> PredictOutcom
 def _predict(options: PredictOptions, config: RunConfig, cases: list[PredictCase], plans: dict[str, CaseOutputs],
              reporter: PredictReporter, started: float, own_outputs: list[Path]) -> PredictOutcome:
     """:func:`predict` after the checks: the model, then the cases one by one."""
-    from medsaga.train.finetune import resolve_device, resolve_precision
+    from medsaga.device import resolve_device, resolve_precision
 
     rank = distributed.init_from_environment(options.device)
     if not rank.is_main:

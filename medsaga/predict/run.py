@@ -236,7 +236,7 @@ def load_run(run_dir: str | Path, device: str = "auto", *, precision: str = "aut
     Raises:
         InputError: see :func:`read_run_config` and :func:`verify_checkpoint`; a bad device.
     """
-    from medsaga.train.finetune import resolve_device, resolve_precision
+    from medsaga.device import resolve_device, resolve_precision
 
     config = read_run_config(run_dir)
     resolved = resolve_device(device)

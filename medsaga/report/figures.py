@@ -3,7 +3,9 @@
 - :func:`training_curves`: training loss per step (raw and a moving average) and the validation
   Dice after each validation;
 - :func:`memory_breakdown`: the device-independent memory of a training step, stacked;
-- :func:`dice_per_case`: each case's Dice per class, one dot per case, the class mean as a bar.
+- :func:`dice_per_case`: each case's Dice per class, one dot per case, the class mean as a bar;
+- :func:`new_figure`, :func:`style_axes`, :func:`figure_png`: the pieces other plots share
+  (``medsaga select``'s cohort map).
 
 No pyplot: each figure is a :class:`matplotlib.figure.Figure` of its own, so nothing global is kept
 between calls and no display is needed. Colours are from the Okabe–Ito palette
@@ -61,7 +63,7 @@ def training_curves(steps: Sequence[int], losses: Sequence[float], validation_st
     finite = np.isfinite(loss_array)
     steps_array, loss_array = steps_array[finite], loss_array[finite]
     with_validation = len(validation_dice) > 0
-    figure = _figure(9.6 if with_validation else 6.4, 3.2)
+    figure = new_figure(9.6 if with_validation else 6.4, 3.2)
     axes = figure.subplots(1, 2 if with_validation else 1, squeeze=False)[0]
     loss_axes = axes[0]
     if steps_array.size:
@@ -75,7 +77,7 @@ def training_curves(steps: Sequence[int], losses: Sequence[float], validation_st
     else:
         loss_axes.text(0.5, 0.5, "no steps recorded", ha="center", va="center", color=MUTED,
                        transform=loss_axes.transAxes)
-    _style(loss_axes, "training loss (0.2·CE + 0.8·Dice)", "step", "loss")
+    style_axes(loss_axes, "training loss (0.2·CE + 0.8·Dice)", "step", "loss")
     last = max([*steps_array.tolist(), *map(float, validation_steps), 1.0])
     loss_axes.set_xlim(0, last * 1.02)
     if with_validation:
@@ -84,13 +86,13 @@ def training_curves(steps: Sequence[int], losses: Sequence[float], validation_st
                        markersize=4, color="#d55e00", linewidth=1.5)
         dice_axes.set_ylim(0, 1.02)
         dice_axes.set_xlim(0, last * 1.02)
-        _style(dice_axes, "validation Dice (mean over classes)", "step", "Dice")
-    return _png(figure)
+        style_axes(dice_axes, "validation Dice (mean over classes)", "step", "Dice")
+    return figure_png(figure)
 
 
 def memory_breakdown(memory: Mapping[str, float]) -> bytes:
     """One horizontal stacked bar of a training step's memory (report.json ``memory``), in MiB."""
-    figure = _figure(8.0, 1.9)
+    figure = new_figure(8.0, 1.9)
     axes = figure.subplots()
     left = 0.0
     for key, name, colour in MEMORY_PARTS:
@@ -100,9 +102,9 @@ def memory_breakdown(memory: Mapping[str, float]) -> bytes:
     axes.set_yticks([])
     axes.set_xlim(0, max(left, 1e-9) * 1.02)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5), ncol=3, frameon=False, fontsize=8)
-    _style(axes, f"memory of a training step: {left:,.1f} MiB (sum of peaks)", "MiB", None)
+    style_axes(axes, f"memory of a training step: {left:,.1f} MiB (sum of peaks)", "MiB", None)
     axes.grid(False)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def dice_per_case(class_names: Sequence[str], values: Sequence[int], dice: np.ndarray) -> bytes:
@@ -114,7 +116,7 @@ def dice_per_case(class_names: Sequence[str], values: Sequence[int], dice: np.nd
         dice: ``(N, C)`` float, NaN where a case has no Dice for the class (both empty).
     """
     dice = np.asarray(dice, float).reshape(-1, len(class_names))
-    figure = _figure(max(3.2, 1.0 + 0.9 * len(class_names)), 3.0)
+    figure = new_figure(max(3.2, 1.0 + 0.9 * len(class_names)), 3.0)
     axes = figure.subplots()
     positions = np.arange(len(class_names))
     defined = np.isfinite(dice)
@@ -131,8 +133,8 @@ def dice_per_case(class_names: Sequence[str], values: Sequence[int], dice: np.nd
     axes.set_xticks(positions, list(class_names), rotation=30 if len(class_names) > 6 else 0, ha="right"
                     if len(class_names) > 6 else "center")
     axes.set_ylim(0, 1.02)
-    _style(axes, "Dice per case (dots) and mean (bars)", None, "Dice")
-    return _png(figure)
+    style_axes(axes, "Dice per case (dots) and mean (bars)", None, "Dice")
+    return figure_png(figure)
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -141,13 +143,15 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (totals[window:] - totals[:-window]) / window
 
 
-def _figure(width: float, height: float) -> "Figure":
+def new_figure(width: float, height: float) -> "Figure":
+    """A figure of ``width`` × ``height`` inches at :data:`DPI`, on its own (no pyplot, no display)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI)
 
 
-def _style(axes, title: str, xlabel: str | None, ylabel: str | None) -> None:  # type: ignore[no-untyped-def]
+def style_axes(axes, title: str, xlabel: str | None, ylabel: str | None) -> None:  # type: ignore[no-untyped-def]
+    """The report's look: a left-aligned title, dark ink, no top/right spines, a faint grid."""
     axes.set_title(title, fontsize=10, color=INK, loc="left")
     if xlabel:
         axes.set_xlabel(xlabel, fontsize=9, color=INK)
@@ -159,11 +163,12 @@ def _style(axes, title: str, xlabel: str | None, ylabel: str | None) -> None:  #
     axes.grid(alpha=0.25, linewidth=0.6)
 
 
-def _png(figure: "Figure") -> bytes:
+def figure_png(figure: "Figure") -> bytes:
     """The figure as PNG, cropped to what is drawn (legends outside the axes included)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08, metadata={"Software": None})
     return buffer.getvalue()
 
 
-__all__ = ["MEMORY_PARTS", "dice_per_case", "memory_breakdown", "moving_average", "png_bytes", "training_curves"]
+__all__ = ["DPI", "INK", "MEMORY_PARTS", "MUTED", "dice_per_case", "figure_png", "memory_breakdown", "moving_average",
+           "new_figure", "png_bytes", "style_axes", "training_curves"]

@@ -16,6 +16,9 @@ Colours are the Okabe–Ito palette (Okabe & Ito 2008, "Color Universal Design")
 distinguishable with the common colour-vision deficiencies; its black is left out (it would vanish
 on a dark image). Class value ``v`` gets ``PALETTE[(v - 1) % 7]`` in every picture medsaga draws.
 
+:func:`compare_overlays` draws several predictions of one case (the quality benchmark's
+contenders) on one shared slice per plane, cut to one shared box, beside the reference alone.
+
 Panels are enlarged by whole-pixel repeats only (no interpolation: labels stay exact), to square
 pixels in mm and at least :data:`MIN_PANEL` pixels on the longer side.
 """
@@ -23,6 +26,7 @@ pixels in mm and at least :data:`MIN_PANEL` pixels on the longer side.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +133,96 @@ def case_overlays(prediction: Volume, reference: Volume, image: Volume | None,
     return overlays
 
 
+@dataclass(frozen=True)
+class ComparedPlane:
+    """One plane of one case, every contender drawn on the same slice and the same crop.
+
+    Attributes:
+        plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        index: the slice shown, counted from 0 along the plane's stack.
+        slices: the number of slices in that stack.
+        box: the crop ``(row0, row1, col0, col1)`` of the slice (half-open), the same in every panel.
+        reference: the image with the reference outlined alone, ``(H', W', 3)`` uint8.
+        pictures: contender name → its panel (prediction filled, reference outlined), in the
+            order the predictions were given.
+        disagreement: contender name → voxels of the shown slice where it differs from the reference.
+    """
+
+    plane: str
+    index: int
+    slices: int
+    box: tuple[int, int, int, int]
+    reference: np.ndarray
+    pictures: dict[str, np.ndarray]
+    disagreement: dict[str, int]
+
+
+def compare_overlays(predictions: Mapping[str, Volume], reference: Volume, image: Volume | None,
+                     preset: str | IntensityPreset | None, planes: Sequence[str] = ("axial",), crop: bool = True,
+                     min_panel: int = MIN_PANEL) -> list[ComparedPlane]:
+    """Several predictions of one case side by side: per plane, the one slice where they disagree
+    most with the reference all together (the sum over predictions of the differing voxels,
+    :func:`worst_slice`), every panel cut to the same box.
+
+    Args:
+        predictions: name → predicted label map, each on the reference's grid ``(I, J, K)``
+            (the caller checks it).
+        reference, image: as :func:`case_overlays` (``preset`` windows the image).
+        crop: cut the panels to the box around every label on the shown slice, reference's and
+            predictions' (:func:`label_box`); small structures then fill the panel.
+        min_panel: the panels' longer side at least this many pixels (whole-pixel repeats).
+    """
+    ref = np.asarray(reference.array)
+    arrays = {name: np.asarray(volume.array) for name, volume in predictions.items()}
+    low, high = (0.0, 0.0)
+    if image is not None:
+        if preset is None:
+            raise ValueError("an image needs an intensity preset")
+        low, high = intensity_range(image.array, preset)
+    compared = []
+    for plane in planes:
+        geometry = slice_geometry(reference, plane)
+        ref_stack = geometry.to_stack(ref)
+        stacks = {name: geometry.to_stack(array) for name, array in arrays.items()}
+        differ = {name: (stack != ref_stack).sum(axis=(1, 2)) for name, stack in stacks.items()}
+        total = np.sum(list(differ.values()), axis=0) if differ else np.zeros(ref_stack.shape[0], np.int64)
+        index = worst_slice(total, (ref_stack != 0).sum(axis=(1, 2)))
+        ref_slice = ref_stack[index]
+        slices = {name: stack[index] for name, stack in stacks.items()}
+        full = (0, ref_slice.shape[0], 0, ref_slice.shape[1])
+        box = label_box([ref_slice, *slices.values()]) if crop else full
+        rows, cols = slice(box[0], box[1]), slice(box[2], box[3])
+        spacing = geometry.spacing
+        repeats = panel_repeats((box[1] - box[0], box[3] - box[2]), (spacing.row, spacing.col), min_panel)
+        grey = None if image is None else window(geometry.to_stack(image.array)[index][rows, cols], low, high)
+        cut_ref = ref_slice[rows, cols]
+        compared.append(ComparedPlane(
+            plane, index, int(ref_stack.shape[0]), box,
+            draw_panel(grey, np.zeros_like(cut_ref), cut_ref, repeats),
+            {name: draw_panel(grey, labels[rows, cols], cut_ref, repeats) for name, labels in slices.items()},
+            {name: int(counts[index]) for name, counts in differ.items()}))
+    return compared
+
+
+def label_box(slices: Sequence[np.ndarray], margin: float = 0.15, min_margin: int = 8
+              ) -> tuple[int, int, int, int]:
+    """The box ``(row0, row1, col0, col1)`` (half-open) around every labelled pixel of 2-D label
+    maps ``(H, W)`` of one shape, widened on each side by ``margin`` of its size (at least
+    ``min_margin`` pixels) and kept inside the slice; the whole slice when nothing is labelled."""
+    shape = np.asarray(slices[0]).shape
+    labelled = np.zeros(shape, bool)
+    for labels in slices:
+        labelled |= np.asarray(labels) != 0
+    if not labelled.any():
+        return 0, shape[0], 0, shape[1]
+    rows, cols = np.flatnonzero(labelled.any(axis=1)), np.flatnonzero(labelled.any(axis=0))
+    box = []
+    for first, last, size in ((rows[0], rows[-1] + 1, shape[0]), (cols[0], cols[-1] + 1, shape[1])):
+        pad = max(min_margin, math.ceil(margin * (last - first)))
+        box += [max(0, int(first) - pad), min(size, int(last) + pad)]
+    return box[0], box[1], box[2], box[3]
+
+
 def window(image: np.ndarray, low: float, high: float) -> np.ndarray:
     """Intensities ``(H, W)`` → float32 grey in [0, 1] over ``[low, high]`` (all 0 when ``high <= low``)."""
     span = high - low
@@ -199,6 +293,6 @@ def panel_repeats(shape: tuple[int, int], spacing: tuple[float, float], min_pane
     return aspect[0] * scale, aspect[1] * scale
 
 
-__all__ = ["FILL_ALPHA", "MIN_PANEL", "NEUTRAL_GREY", "PALETTE", "PLANE_CAPTIONS", "PlaneOverlay", "case_overlays",
-           "class_colour", "class_colour_hex", "class_colour_name", "colour_table", "draw_panel", "label_boundary",
-           "panel_repeats", "window", "worst_slice"]
+__all__ = ["FILL_ALPHA", "MIN_PANEL", "NEUTRAL_GREY", "PALETTE", "PLANE_CAPTIONS", "ComparedPlane", "PlaneOverlay",
+           "case_overlays", "class_colour", "class_colour_hex", "class_colour_name", "colour_table", "compare_overlays",
+           "draw_panel", "label_box", "label_boundary", "panel_repeats", "window", "worst_slice"]

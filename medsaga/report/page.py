@@ -4,7 +4,8 @@ Every picture is inlined as a ``data:`` URI, the style sheet and the one small s
 and a Content-Security-Policy forbids the page any other source (``default-src 'none'``): it opens
 from a USB stick on a workstation without network and cannot leak a request anywhere.
 
-Two pages are made here:
+Two pages are made here (and the building blocks at the end serve other pages, such as the
+quality benchmark's comparison, ``benchmarks/quality_page.py``):
 
 - :func:`evaluation_page`: what ``medsaga evaluate`` measured (metrics.json's document): per-class
   means, a per-case table worst case first, each case's overlays, and, when a run folder is known,
@@ -89,37 +90,37 @@ def evaluation_page(document: Mapping[str, Any], overlays: Mapping[str, CaseOver
     anchors = {case["case_id"]: _case_anchor(case["case_id"], rank) for rank, case in enumerate(cases)}
     title = f"medsaga evaluation: {len(cases)} case{'s' * (len(cases) != 1)}"
     body = [
-        f"<h1>{_e(title)}</h1>",
-        _facts([("prediction", document.get("prediction")), ("ground truth", document.get("ground_truth")),
+        f"<h1>{escape(title)}</h1>",
+        facts_html([("prediction", document.get("prediction")), ("ground truth", document.get("ground_truth")),
                 ("classes from", document.get("classes_from")),
                 ("NSD tolerance", f"{document.get('tolerance_mm', math.nan):g} mm"),
                 ("HD", f"{document.get('hd_percentile', 95):g}th percentile of surface distances, mm"),
                 ("written", f"{document.get('created', '')} by medsaga {document.get('medsaga_version', '')}")]),
         '<p id="broken-images" class="warning" hidden></p>',
-        _contents([("summary", "Per class"), ("cases", "Per case, worst first"), ("overlays", "Overlays")]
+        contents_html([("summary", "Per class"), ("cases", "Per case, worst first"), ("overlays", "Overlays")]
                   + ([("run", "Training run")] if run is not None else [])),
         '<section id="summary"><h2>Per class</h2><div class="side-by-side"><div>',
         _summary_table(document, classes),
-        f'<p class="note">{_e(_mean_note(hidden))}</p></div>',
+        f'<p class="note">{escape(_mean_note(hidden))}</p></div>',
     ]
     dice_plot = _dice_plot(document, classes, cases)
     if dice_plot is not None:
-        body.append(_figure(dice_plot))
+        body.append(figure_html(dice_plot))
     body.append("</div></section>")
     body += ['<section id="cases"><h2>Per case, worst first</h2>',
              '<p class="note">Cases sorted by their mean Dice over the classes that their ground truth or '
              'prediction holds (lowest first); the case name leads to its overlays.</p>',
              _case_table(cases, classes, anchors), "</section>"]
-    body += ['<section id="overlays"><h2>Overlays</h2>', _legend(classes),
-             f'<p class="note">{_e(images_note)}</p>' if images_note else "",
+    body += ['<section id="overlays"><h2>Overlays</h2>', legend_html(classes),
+             f'<p class="note">{escape(images_note)}</p>' if images_note else "",
              *(_case_overlays(case, (overlays or {}).get(case["case_id"]), classes, anchors[case["case_id"]])
                for case in cases),
              "</section>"]
     if run is not None:
         body.append(_run_section(run))
     body.append(_unmatched(document))
-    body.append(f'<p class="note">{_e(document.get("empty_rule", ""))}</p>')
-    return _html(title, body)
+    body.append(f'<p class="note">{escape(document.get("empty_rule", ""))}</p>')
+    return html_document(title, body)
 
 
 def run_page(run: RunRecord) -> str:
@@ -128,7 +129,7 @@ def run_page(run: RunRecord) -> str:
     method = (config.get("method") or {}).get("name") or (run.report or {}).get("method") or "?"
     dataset = (config.get("dataset") or {}).get("name") or ""
     title = f"medsaga fine-tuning run: {method}" + (f" on {dataset}" if dataset else "")
-    return _html(title, [f"<h1>{_e(title)}</h1>", '<p id="broken-images" class="warning" hidden></p>',
+    return html_document(title, [f"<h1>{escape(title)}</h1>", '<p id="broken-images" class="warning" hidden></p>',
                          _run_section(run, heading=False)])
 
 
@@ -159,17 +160,18 @@ def _summary_table(document: Mapping[str, Any], classes: Sequence[Mapping[str, A
     head = ["class", "with GT", "Dice", "HD95 (mm)", "NSD", "missed", "false pos.", "both empty"]
     rows = []
     for m in classes:
-        rows.append(f'<tr data-class="{m["value"]}"><th scope="row">{_swatch(m["value"])}{_e(_class_text(m))}</th>'
-                    f'{_int_cell("cases_with_gt", m.get("cases_with_gt"))}'
-                    f'{_number_cell("dice", m.get("dice"), 4)}{_number_cell("hd95_mm", m.get("hd95_mm"), 2)}'
-                    f'{_number_cell("nsd", m.get("nsd"), 4)}{_int_cell("missed", m.get("missed"))}'
-                    f'{_int_cell("false_positive", m.get("false_positive"))}'
-                    f'{_int_cell("both_empty", m.get("both_empty"))}</tr>')
+        rows.append(f'<tr data-class="{m["value"]}"><th scope="row">'
+                    f'{swatch_html(m["value"])}{escape(_class_text(m))}</th>'
+                    f'{int_cell("cases_with_gt", m.get("cases_with_gt"))}'
+                    f'{number_cell("dice", m.get("dice"), 4)}{number_cell("hd95_mm", m.get("hd95_mm"), 2)}'
+                    f'{number_cell("nsd", m.get("nsd"), 4)}{int_cell("missed", m.get("missed"))}'
+                    f'{int_cell("false_positive", m.get("false_positive"))}'
+                    f'{int_cell("both_empty", m.get("both_empty"))}</tr>')
     overall = document.get("mean_over_classes") or {}
     rows.append(f'<tr data-class="mean" class="total"><th scope="row">mean over classes</th><td></td>'
-                f'{_number_cell("dice", overall.get("dice"), 4)}{_number_cell("hd95_mm", overall.get("hd95_mm"), 2)}'
-                f'{_number_cell("nsd", overall.get("nsd"), 4)}<td></td><td></td><td></td></tr>')
-    return _table("summary-table", head, rows)
+                f'{number_cell("dice", overall.get("dice"), 4)}{number_cell("hd95_mm", overall.get("hd95_mm"), 2)}'
+                f'{number_cell("nsd", overall.get("nsd"), 4)}<td></td><td></td><td></td></tr>')
+    return table_html("summary-table", head, rows)
 
 
 def _mean_note(hidden: int) -> str:
@@ -195,15 +197,16 @@ def _case_table(cases: Sequence[Mapping[str, Any]], classes: Sequence[Mapping[st
             if index == 0:
                 span = f' rowspan="{len(shown)}"' if len(shown) > 1 else ""
                 lead = (f'<th scope="rowgroup"{span}><a href="#{anchors[case["case_id"]]}">'
-                        f'{_e(case["case_id"])}</a></th>'
+                        f'{escape(case["case_id"])}</a></th>'
                         f'<td{span} class="num" data-metric="case_score" data-value="{score!r}">{score:.4f}</td>')
             status = c.get("status", "")
-            rows.append(f'<tr data-case="{_e(case["case_id"])}" data-class="{c["value"]}"'
+            rows.append(f'<tr data-case="{escape(case["case_id"])}" data-class="{c["value"]}"'
                         f'{" class=first" if index == 0 else ""}>{lead}'
-                        f'<td>{_swatch(c["value"])}{_e(_class_text(c))}</td>'
-                        f'{_number_cell("dice", c.get("dice"), 4)}{_number_cell("hd95_mm", c.get("hd95_mm"), 2)}'
-                        f'{_number_cell("nsd", c.get("nsd"), 4)}<td>{"" if status == "ok" else _e(status)}</td></tr>')
-    return _table("case-table", head, rows)
+                        f'<td>{swatch_html(c["value"])}{escape(_class_text(c))}</td>'
+                        f'{number_cell("dice", c.get("dice"), 4)}{number_cell("hd95_mm", c.get("hd95_mm"), 2)}'
+                        f'{number_cell("nsd", c.get("nsd"), 4)}'
+                        f'<td>{"" if status == "ok" else escape(status)}</td></tr>')
+    return table_html("case-table", head, rows)
 
 
 def _dice_plot(document: Mapping[str, Any], classes: Sequence[Mapping[str, Any]],
@@ -222,15 +225,18 @@ def _dice_plot(document: Mapping[str, Any], classes: Sequence[Mapping[str, Any]]
     return Picture(png, "Dice of each case per class, with the class mean")
 
 
-def _legend(classes: Sequence[Mapping[str, Any]]) -> str:
-    items = "".join(f'<li>{_swatch(c["value"])}{_e(_class_text(c))} <span class="muted">'
-                    f'({_e(class_colour_name(c["value"]))})</span></li>' for c in classes)
+def legend_html(classes: Sequence[Mapping[str, Any]],
+                which_slice: str = "Each plane shows the slice where they disagree most") -> str:
+    """The overlays' key: fill = prediction, outline = ground truth, then each class (``value``,
+    ``name``) with its swatch and colour in words; ``which_slice`` says how the slices were chosen."""
+    items = "".join(f'<li>{swatch_html(c["value"])}{escape(_class_text(c))} <span class="muted">'
+                    f'({escape(class_colour_name(c["value"]))})</span></li>' for c in classes)
     repeat = ""
     if classes and max(c["value"] for c in classes) > len(PALETTE):
         repeat = f" Colours repeat every {len(PALETTE)} label values."
     return (f'<div class="legend"><p><span class="fill-key"></span> fill = prediction &nbsp; '
             f'<span class="outline-key"></span> outline = ground truth: where they agree, the prediction is '
-            f'right. Each plane shows the slice where they disagree most (Okabe–Ito colours, readable with '
+            f'right. {escape(which_slice)} (Okabe–Ito colours, readable with '
             f'colour-blindness).{repeat}</p><ul>{items}</ul></div>')
 
 
@@ -238,10 +244,10 @@ def _case_overlays(case: Mapping[str, Any], overlays: CaseOverlays | None,
                    classes: Sequence[Mapping[str, Any]], anchor: str) -> str:
     case_id = case["case_id"]
     values = [c["value"] for c in classes]
-    parts = [f'<article class="case" id="{anchor}" data-case="{_e(case_id)}">',
-             f"<h3>{_e(case_id)} <span class=\"muted\">mean Dice {case_score(case, values):.4f}</span></h3>"]
+    parts = [f'<article class="case" id="{anchor}" data-case="{escape(case_id)}">',
+             f"<h3>{escape(case_id)} <span class=\"muted\">mean Dice {case_score(case, values):.4f}</span></h3>"]
     wanted = set(values)
-    scores = [f'{_swatch(c["value"])}{_e(c["name"])} {_format(c.get("dice"), 4)}'
+    scores = [f'{swatch_html(c["value"])}{escape(c["name"])} {format_number(c.get("dice"), 4)}'
               for c in case.get("classes", []) if c["value"] in wanted]
     if scores:
         parts.append(f'<p class="scores">Dice: {" &nbsp; ".join(scores)}</p>')
@@ -249,8 +255,8 @@ def _case_overlays(case: Mapping[str, Any], overlays: CaseOverlays | None,
         parts.append('<p class="note">No overlay for this case.</p>')
     else:
         if overlays.note:
-            parts.append(f'<p class="note">{_e(overlays.note)}</p>')
-        parts.append('<div class="planes">' + "".join(_figure(p) for p in overlays.pictures) + "</div>")
+            parts.append(f'<p class="note">{escape(overlays.note)}</p>')
+        parts.append('<div class="planes">' + "".join(figure_html(p) for p in overlays.pictures) + "</div>")
     parts.append("</article>")
     return "".join(parts)
 
@@ -262,7 +268,7 @@ def _unmatched(document: Mapping[str, Any]) -> str:
                       ("predictions_without_ground_truth", "prediction(s) without ground truth")):
         ids = unmatched.get(key) or []
         if ids:
-            lines.append(f"<li>{len(ids)} {what}, not evaluated: {_e(', '.join(ids))}</li>")
+            lines.append(f"<li>{len(ids)} {what}, not evaluated: {escape(', '.join(ids))}</li>")
     return f'<section id="unmatched"><h2>Not evaluated</h2><ul>{"".join(lines)}</ul></section>' if lines else ""
 
 
@@ -271,29 +277,29 @@ def _unmatched(document: Mapping[str, Any]) -> str:
 
 def _run_section(run: RunRecord, heading: bool = True) -> str:
     parts = ['<section id="run">', "<h2>Training run</h2>" if heading else "",
-             _facts([("run folder", str(run.folder))])]
+             facts_html([("run folder", str(run.folder))])]
     if run.problems:
-        parts.append('<ul class="warning">' + "".join(f"<li>{_e(p)}</li>" for p in run.problems) + "</ul>")
+        parts.append('<ul class="warning">' + "".join(f"<li>{escape(p)}</li>" for p in run.problems) + "</ul>")
     if run.config is not None:
         parts += ["<h3>Settings</h3>", _settings_table(run.config),
-                  f"<details><summary>config.json in full</summary><pre>{_e(json.dumps(run.config, indent=2))}"
+                  f"<details><summary>config.json in full</summary><pre>{escape(json.dumps(run.config, indent=2))}"
                   f"</pre></details>"]
     parts.append("<h3>Training curves</h3>")
     if run.steps.size or run.validation_dice:
         png = training_curves(run.steps.tolist(), run.losses.tolist(), run.validation_steps(),
                                       run.validation_dice)
-        parts.append(_figure(Picture(png, "training loss per step, and validation Dice")))
+        parts.append(figure_html(Picture(png, "training loss per step, and validation Dice")))
         if run.validation_dice:
             parts.append(f'<p class="note">Validation Dice after each validation: '
-                         f'{", ".join(_format(v, 4) for v in run.validation_dice)} (slice-level mean over classes '
-                         f'on the validation cases).</p>')
+                         f'{", ".join(format_number(v, 4) for v in run.validation_dice)} '
+                         '(slice-level mean over classes on the validation cases).</p>')
     else:
         parts.append('<p class="note">No training step recorded yet.</p>')
     parts.append("<h3>Memory and throughput</h3>")
     if run.report is not None:
         parts.append(_memory_table(run.report))
         if isinstance(run.report.get("memory"), dict):
-            parts.append(_figure(Picture(memory_breakdown(run.report["memory"]),
+            parts.append(figure_html(Picture(memory_breakdown(run.report["memory"]),
                                          "memory of a training step, by kind")))
     else:
         parts.append('<p class="note">report.json is not written yet (it is written when training ends).</p>')
@@ -341,7 +347,8 @@ def _settings_table(config: Mapping[str, Any]) -> str:
     ]
     if config.get("time_budget"):
         rows.append(("time budget", _compact(config["time_budget"])))
-    body = "".join(f'<tr data-setting="{_e(key)}"><th scope="row">{_e(key)}</th><td>{_e(_text(value))}</td></tr>'
+    body = "".join(f'<tr data-setting="{escape(key)}"><th scope="row">{escape(key)}</th>'
+                   f'<td>{escape(_text(value))}</td></tr>'
                    for key, value in rows)
     return f'<table class="settings"><tbody>{body}</tbody></table>'
 
@@ -353,16 +360,17 @@ def _memory_table(report: Mapping[str, Any]) -> str:
                      f"{report.get('steps')}" + (f" (resumed at {report['first_step']})" if report.get("first_step")
                                                  else "")),
         _measure_row("slices_per_second", "throughput", report.get("slices_per_second"),
-                     f"{_format(report.get('slices_per_second'), 2)} slices/s"),
+                     f"{format_number(report.get('slices_per_second'), 2)} slices/s"),
         _measure_row("wall_seconds", "training time", report.get("wall_seconds"),
-                     f"{_format(report.get('wall_seconds'), 1)} s"),
-        _measure_row("final_loss", "final loss", report.get("final_loss"), _format(report.get("final_loss"), 4)),
+                     f"{format_number(report.get('wall_seconds'), 1)} s"),
+        _measure_row("final_loss", "final loss", report.get("final_loss"), format_number(report.get("final_loss"), 4)),
         _measure_row("trainable_parameters", "trainable parameters", report.get("trainable_parameters"),
                      f"{_count(report.get('trainable_parameters'))} of {_count(report.get('total_parameters'))}"),
     ]
     for key, name, _ in MEMORY_PARTS:
         rows.append(_measure_row(f"memory.{key}", f"memory: {name}", memory.get(key), _mib(memory.get(key))))
-    rows.append(_measure_row("memory.sum_of_peaks", "memory: sum of the peaks (an upper bound)", memory.get("sum_of_peaks"),
+    rows.append(_measure_row("memory.sum_of_peaks", "memory: sum of the peaks (an upper bound)",
+                             memory.get("sum_of_peaks"),
                              _mib(memory.get("sum_of_peaks"))))
     peak = report.get("peak_memory") or {}
     if peak:
@@ -377,51 +385,56 @@ def _memory_table(report: Mapping[str, Any]) -> str:
     if isinstance(cache, dict) and cache.get("bytes") is not None:
         rows.append(_measure_row("embedding_cache.bytes", "embedding cache", cache.get("bytes"), _mib(cache["bytes"])))
     profile = report.get("memory_profile") or {}
-    rows.append(f'<tr><th scope="row">memory settings</th><td>{_e(_profile(profile))}</td></tr>')
-    rows.append(f'<tr><th scope="row">device, precision</th><td>{_e(report.get("device"))}, '
-                f'{_e(report.get("precision"))}</td></tr>')
+    rows.append(f'<tr><th scope="row">memory settings</th><td>{escape(_profile(profile))}</td></tr>')
+    rows.append(f'<tr><th scope="row">device, precision</th><td>{escape(report.get("device"))}, '
+                f'{escape(report.get("precision"))}</td></tr>')
     return ('<table class="settings" id="memory-table"><tbody>' + "".join(rows) + "</tbody></table>"
             "<details><summary>report.json in full</summary><pre>"
-            f"{_e(json.dumps(report, indent=2))}</pre></details>")
+            f"{escape(json.dumps(report, indent=2))}</pre></details>")
 
 
 def _measure_row(key: str, name: str, value: Any, text: str) -> str:
     data = "" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
-    return (f'<tr data-measure="{_e(key)}"><th scope="row">{_e(name)}</th>'
-            f'<td class="num" data-value="{_e(data)}">{_e(text)}</td></tr>')
+    return (f'<tr data-measure="{escape(key)}"><th scope="row">{escape(name)}</th>'
+            f'<td class="num" data-value="{escape(data)}">{escape(text)}</td></tr>')
 
 
-# --- small helpers ---------------------------------------------------------------------------------
+# --- building blocks (also for other pages: benchmarks/quality_page.py) ------------------------------
 
 
-def _html(title: str, body: Sequence[str]) -> str:
+def html_document(title: str, body: Sequence[str]) -> str:
+    """A whole self-contained page: ``body``'s parts, the style sheet, the CSP, the load-check script."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<meta name=\"generator\" content=\"medsaga {__version__}\">"
-            f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n"
+            f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
             f"<body>{''.join(body)}<script>{SCRIPT}</script></body></html>\n")
 
 
-def _facts(pairs: Sequence[tuple[str, Any]]) -> str:
-    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(_text(v))}</dd>" for k, v in pairs if v not in (None, ""))
+def facts_html(pairs: Sequence[tuple[str, Any]]) -> str:
+    """A definition list of ``(name, value)``; empty values are left out."""
+    items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(_text(v))}</dd>" for k, v in pairs if v not in (None, ""))
     return f'<dl class="facts">{items}</dl>'
 
 
-def _contents(entries: Sequence[tuple[str, str]]) -> str:
-    return '<nav><ul>' + "".join(f'<li><a href="#{a}">{_e(t)}</a></li>' for a, t in entries) + "</ul></nav>"
+def contents_html(entries: Sequence[tuple[str, str]]) -> str:
+    """A row of links ``(anchor, text)`` to the page's sections."""
+    return '<nav><ul>' + "".join(f'<li><a href="#{a}">{escape(t)}</a></li>' for a, t in entries) + "</ul></nav>"
 
 
-def _table(table_id: str, head: Sequence[str], rows: Sequence[str]) -> str:
-    header = "".join(f'<th scope="col">{_e(h)}</th>' for h in head)
+def table_html(table_id: str, head: Sequence[str], rows: Sequence[str]) -> str:
+    """A table with a header row ``head`` and ``rows`` (each a whole ``<tr>...</tr>``)."""
+    header = "".join(f'<th scope="col">{escape(h)}</th>' for h in head)
     return f'<table id="{table_id}"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _figure(picture: Picture) -> str:
+def figure_html(picture: Picture) -> str:
+    """A ``<figure>``: the picture inlined as a ``data:`` URI at its own size, its caption under it."""
     width, height = picture.size
     source = "data:image/png;base64," + base64.b64encode(picture.png).decode("ascii")
-    caption = f"<figcaption>{_e(picture.caption)}</figcaption>" if picture.caption else ""
-    return (f'<figure><img src="{source}" width="{width}" height="{height}" alt="{_e(picture.alt)}">'
+    caption = f"<figcaption>{escape(picture.caption)}</figcaption>" if picture.caption else ""
+    return (f'<figure><img src="{source}" width="{width}" height="{height}" alt="{escape(picture.alt)}">'
             f"{caption}</figure>")
 
 
@@ -431,7 +444,8 @@ def plane_caption(plane: str, index: int, slices: int, disagreement: int) -> str
     return f"{plane} {index + 1} of {slices}: {differ} ({PLANE_CAPTIONS.get(plane, '')})"
 
 
-def _swatch(value: int) -> str:
+def swatch_html(value: int) -> str:
+    """A small square in label value ``value``'s colour."""
     return f'<span class="swatch" style="background:{class_colour_hex(value)}"></span>'
 
 
@@ -444,21 +458,26 @@ def _case_anchor(case_id: str, rank: int) -> str:
     return f"case-{rank}-" + re.sub(r"[^A-Za-z0-9_-]", "-", case_id)
 
 
-def _number_cell(metric: str, value: float | None, digits: int) -> str:
+def number_cell(metric: str, value: float | None, digits: int, grouping: bool = False, css: str = "") -> str:
+    """A numeric cell: the exact value in ``data-value`` (empty for none), the text rounded to
+    ``digits`` (:func:`format_number`); ``css`` adds classes (``"best"``: bold)."""
     data = "" if value is None else repr(float(value))
-    return f'<td class="num" data-metric="{metric}" data-value="{data}">{_format(value, digits)}</td>'
+    return (f'<td class="{escape(" ".join(["num", *css.split()]))}" data-metric="{escape(metric)}" '
+            f'data-value="{data}">{format_number(value, digits, grouping)}</td>')
 
 
-def _int_cell(metric: str, value: int | None) -> str:
+def int_cell(metric: str, value: int | None) -> str:
+    """An integer cell, as :func:`number_cell`."""
     return f'<td class="num" data-metric="{metric}" data-value="{"" if value is None else int(value)}">' \
            f'{"–" if value is None else int(value)}</td>'
 
 
-def _format(value: float | None, digits: int) -> str:
-    """As the terminal tables: fixed decimals, an en dash for undefined."""
+def format_number(value: float | None, digits: int, grouping: bool = False) -> str:
+    """As the terminal tables: fixed decimals (thousands separated by commas with ``grouping``),
+    an en dash for undefined."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{float(value):.{digits}f}"
+    return f"{float(value):{',' if grouping else ''}.{digits}f}"
 
 
 def _mib(value: Any) -> str:
@@ -494,7 +513,8 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """``value`` as HTML text (``None`` empty, booleans yes/no), quotes escaped too."""
     return html.escape(_text(value), quote=True)
 
 
@@ -530,6 +550,11 @@ figcaption{display:table-caption;caption-side:bottom;font-size:.82em;color:var(-
 .side-by-side .note{max-width:46em}
 .planes{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .planes figure img{max-height:420px;width:auto}
+td.best{font-weight:700;background:#e8f3fa}
+.planes.compare{flex-wrap:nowrap;gap:10px}
+.planes.compare figure{flex:1 1 0;min-width:0;display:block}
+.planes.compare figure img{width:100%;height:auto;max-height:none}
+.planes.compare figcaption{display:block}
 article.case{border-top:1px solid var(--line);padding-top:.2em;margin-top:1em}
 .scores{margin:.2em 0 .6em;font-size:.92em}
 pre{background:var(--band);padding:10px;overflow:auto;font-size:.82em;max-height:28em}
@@ -550,4 +575,6 @@ window.addEventListener("load", function () {
 });
 """
 
-__all__ = ["CSP", "CaseOverlays", "Picture", "case_score", "evaluation_page", "plane_caption", "run_page"]
+__all__ = ["CSP", "CaseOverlays", "Picture", "case_score", "contents_html", "escape", "evaluation_page", "facts_html",
+           "figure_html", "format_number", "html_document", "int_cell", "legend_html", "number_cell", "plane_caption",
+           "run_page", "swatch_html", "table_html"]

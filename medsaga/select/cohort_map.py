@@ -2,30 +2,29 @@
 
 The projection is the descriptors' first two principal components (the directions along which
 the cohort varies most), so distances on the map are the largest part of the distances the
-selection used. Each scan is a grey dot; each pick a filled orange square with its pick number;
-lines join every scan to its nearest pick. Case ids label the picks (all scans when there are
-few enough to read). Drawn with numpy and the built-in bitmap font; the result is an
-``(H, W, 3)`` uint8 array for the project's PNG writer.
+selection used; both axes have the same scale, so the map does not stretch them. Each scan is a
+grey dot; each pick a filled vermillion square with its pick number; grey lines join every scan
+to its nearest pick. Case ids label the picks (all scans when there are few enough to read).
+Drawn with matplotlib (Agg, no pyplot) through :mod:`medsaga.report.figures`, as every other
+picture medsaga makes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsaga.benchmark.font import draw_text, text_height, text_width
+from medsaga.report.figures import INK, MUTED, figure_png, new_figure, style_axes
 
-SIZE = 640  # plot area, pixels
-MARGIN = 40
-SCALE = 2
-BACKGROUND = (255, 255, 255)
-INK = (30, 30, 30)
-MUTED = (120, 120, 120)
-LINK = (200, 200, 200)
-SCAN = (86, 86, 86)
-PICK = (213, 94, 0)  # Okabe-Ito vermillion
-_INSET = 16  # keeps the outermost marks off the axes
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+SIZE_INCHES = 8.0  # the figure's side before cropping; 100 px per inch
+LINK = "#c8c8c8"
+SCAN = "#565656"
+PICK = "#d55e00"  # Okabe-Ito vermillion
 # Past this many scans, only the picks are named: the names would cover each other.
 _NAMED_SCANS = 40
 
@@ -44,53 +43,52 @@ def principal_plane(descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coordinates, explained
 
 
-def render_cohort_map(coordinates: np.ndarray, explained: np.ndarray, case_ids: Sequence[str], picks: Sequence[int],
-                      nearest_pick: np.ndarray, title: str) -> np.ndarray:
-    """The map as ``(H, W, 3)`` uint8 (module docstring), from :func:`principal_plane`'s ``(N, 2)``
-    coordinates and ``(2,)`` explained variance fractions."""
-    line = text_height(SCALE) + 6
-    top = MARGIN + 2 * line
-    image = np.full((top + SIZE + MARGIN + line, SIZE + 2 * MARGIN + 160, 3), BACKGROUND, np.uint8)
-    draw_text(image, title, MARGIN, MARGIN // 2, INK, SCALE)
-    draw_text(image, f"principal components 1 ({explained[0]:.0%} of the variance) and 2 ({explained[1]:.0%})",
-              MARGIN, MARGIN // 2 + line, MUTED, SCALE)
-    low, high = coordinates.min(axis=0), coordinates.max(axis=0)
-    span = np.where(high - low > 0, high - low, 1.0)
-    pixels = np.empty_like(coordinates)
-    inner = SIZE - 1 - 2 * _INSET
-    pixels[:, 0] = MARGIN + _INSET + (coordinates[:, 0] - low[0]) / span[0] * inner
-    pixels[:, 1] = top + _INSET + (1 - (coordinates[:, 1] - low[1]) / span[1]) * inner  # up is positive
-    points = np.round(pixels).astype(int)
-    image[top:top + SIZE, MARGIN - 1] = LINK
-    image[top + SIZE, MARGIN - 1:MARGIN + SIZE] = LINK
-    for index, nearest in enumerate(nearest_pick):
-        _line(image, points[index], points[picks[int(nearest)]], LINK)
-    picked = set(int(p) for p in picks)
-    for index, (x, y) in enumerate(points):
-        if index not in picked:
-            _square(image, x, y, 3, SCAN)
-            if len(case_ids) <= _NAMED_SCANS:
-                draw_text(image, case_ids[index], x + 6, y - text_height(1) // 2, MUTED, 1)
+def cohort_figure(coordinates: np.ndarray, explained: np.ndarray, case_ids: Sequence[str], picks: Sequence[int],
+                  nearest_pick: np.ndarray, title: str) -> "Figure":
+    """The map (module docstring) as a matplotlib figure, from :func:`principal_plane`'s ``(N, 2)``
+    coordinates and ``(2,)`` explained variance fractions; ``picks`` are indices into the scans in
+    pick order, ``nearest_pick`` ``(N,)`` each scan's nearest pick as an index into ``picks``.
+
+    The scans are the collection labelled ``"scans"``, the picks the one labelled ``"picks"``.
+    """
+    from matplotlib import patheffects
+    from matplotlib.collections import LineCollection
+
+    coordinates = np.asarray(coordinates, float)
+    picks = [int(p) for p in picks]
+    picked = set(picks)
+    others = [i for i in range(len(case_ids)) if i not in picked]
+    figure = new_figure(SIZE_INCHES, SIZE_INCHES)
+    axes = figure.subplots()
+    links = [(coordinates[i], coordinates[picks[int(nearest)]]) for i, nearest in enumerate(nearest_pick)
+             if i not in picked]
+    axes.add_collection(LineCollection(links, colors=LINK, linewidths=0.8, zorder=1))
+    axes.scatter(coordinates[others, 0], coordinates[others, 1], s=22, marker="o", color=SCAN, zorder=2,
+                 label="scans")
+    axes.scatter(coordinates[picks, 0], coordinates[picks, 1], s=90, marker="s", color=PICK, edgecolor=INK,
+                 linewidth=0.6, zorder=3, label="picks")
+    if len(case_ids) <= _NAMED_SCANS:
+        for index in others:
+            axes.annotate(case_ids[index], coordinates[index], xytext=(5, 3), textcoords="offset points",
+                          fontsize=7, color=MUTED)
     for number, index in enumerate(picks, start=1):
-        x, y = points[int(index)]
-        _square(image, x, y, 6, PICK)
-        label = f"{number}: {case_ids[int(index)]}"
-        left = min(x + 9, image.shape[1] - text_width(label, SCALE) - 2)
-        draw_text(image, label, left, y - text_height(SCALE) // 2, PICK, SCALE)
-    draw_text(image, f"{len(case_ids)} scans, {len(picks)} picks (orange, in pick order); grey lines: "
-                     "each scan to its nearest pick", MARGIN, top + SIZE + 8, MUTED, 1)
-    return image
+        axes.annotate(f"{number}: {case_ids[index]}", coordinates[index], xytext=(7, 4), textcoords="offset points",
+                      fontsize=9, color=PICK, fontweight="bold", zorder=4,
+                      path_effects=[patheffects.withStroke(linewidth=3, foreground="white")])  # legible over dots
+    axes.set_aspect("equal", adjustable="datalim")
+    axes.margins(0.08)
+    style_axes(axes, title, f"principal component 1 ({explained[0]:.0%} of the variance)",
+               f"principal component 2 ({explained[1]:.0%})")
+    axes.text(0.0, -0.1, f"{len(case_ids)} scans, {len(picks)} picks (vermillion squares, numbered in pick "
+                         "order); grey lines: each scan to its nearest pick", transform=axes.transAxes, fontsize=8,
+              color=MUTED, va="top")
+    return figure
 
 
-def _square(image: np.ndarray, x: int, y: int, half: int, colour: tuple[int, int, int]) -> None:
-    image[max(y - half, 0):y + half + 1, max(x - half, 0):x + half + 1] = colour
+def render_cohort_map(coordinates: np.ndarray, explained: np.ndarray, case_ids: Sequence[str], picks: Sequence[int],
+                      nearest_pick: np.ndarray, title: str) -> bytes:
+    """:func:`cohort_figure` as PNG bytes (about 800 pixels square)."""
+    return figure_png(cohort_figure(coordinates, explained, case_ids, picks, nearest_pick, title))
 
 
-def _line(image: np.ndarray, start: np.ndarray, end: np.ndarray, colour: tuple[int, int, int]) -> None:
-    """A one-pixel line from ``start`` to ``end`` ``(x, y)``, sampled once per pixel of its length."""
-    steps = int(max(abs(end - start).max(), 1))
-    t = np.linspace(0.0, 1.0, steps + 1)
-    xs = np.round(start[0] + t * (end[0] - start[0])).astype(int)
-    ys = np.round(start[1] + t * (end[1] - start[1])).astype(int)
-    inside = (xs >= 0) & (xs < image.shape[1]) & (ys >= 0) & (ys < image.shape[0])
-    image[ys[inside], xs[inside]] = colour
+__all__ = ["PICK", "SCAN", "cohort_figure", "principal_plane", "render_cohort_map"]

@@ -11,7 +11,7 @@ Two rules, both deterministic (ties go to the lower index, i.e. the first case i
   each standing for a group; an outlier is picked only when it is a group of its own.
 
 For K = 1 both give the medoid. ``kmedoids`` is the default: on MALF brain MRI its picks trained
-better models than k-center's wherever the two differed (README, *Selected against random shots*).
+better models than k-center's wherever the two differed (docs/performance.md, *Selected against random shots*).
 """
 
 from __future__ import annotations

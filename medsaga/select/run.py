@@ -148,7 +148,7 @@ def _embedder(options: SelectOptions, dataset: Any):
     from medsaga.model.weights import file_digests
     from medsaga.select.embed import EmbeddingSettings, ScanEmbedder
     from medsaga.train.data import default_presets
-    from medsaga.train.finetune import resolve_device
+    from medsaga.device import resolve_device
 
     if options.model is None and options.checkpoint is None:
         raise InputError("give --model (litemedsam: the installed weights) or --checkpoint PATH")
@@ -214,7 +214,6 @@ def _document(options: SelectOptions, dataset: Any, model_info: dict[str, Any], 
 
 def _write_outputs(options: SelectOptions, document: dict[str, Any], descriptors: np.ndarray, case_ids: list[str],
                    picks: Any) -> None:
-    from medsaga.evaluate.png import write_png
     from medsaga.io.atomic import atomic_output
     from medsaga.io.paths import new_owned_folder
     from medsaga.select.cohort_map import principal_plane, render_cohort_map
@@ -222,13 +221,13 @@ def _write_outputs(options: SelectOptions, document: dict[str, Any], descriptors
     coordinates, explained = principal_plane(descriptors)
     document["map_explained_variance"] = [round(float(v), 4) for v in explained]
     out = options.out
-    image = render_cohort_map(coordinates, explained, case_ids, [int(i) for i in picks.indices], picks.nearest_pick,
+    picture = render_cohort_map(coordinates, explained, case_ids, [int(i) for i in picks.indices], picks.nearest_pick,
                               f"medsaga select: {options.shots} of {len(case_ids)} scans ({options.rule})")
     # A previous selection replaced with --force is deleted only once all three files are written,
     # and put back if any write fails.
     with new_owned_folder(out, "selection"):
         with atomic_output(out / MAP_FILE) as temporary:
-            write_png(temporary, image)
+            temporary.write_bytes(picture)
         with atomic_output(out / CASES_FILE) as temporary:
             temporary.write_text(",".join(document["cases"]) + "\n", encoding="utf-8")
         with atomic_output(out / SELECTION_FILE) as temporary:

@@ -1,8 +1,14 @@
 """``medsaga finetune`` as a library call: options in, a run folder and its report out.
 
-Order matters for the user: every check that can fail on bad input (options, device, dataset
-layout, shots, labels, the checkpoint's kind) runs before the long work (reading every case,
-building the model, training).
+The run is checked, decided, then executed:
+
+1. :func:`check_inputs`: every check that can fail on bad input (options, device, dataset layout,
+   shots, labels, the run folder) before the long work;
+2. the model is built (the checkpoint's kind read), the memory plan made by the planner the caller
+   hands in (:mod:`medsaga.train.memory_plan`), every case read;
+3. :func:`~medsaga.train.run_plan.plan_run` decides the run (pure: steps, rates, cache, loop
+   settings), and its :meth:`~medsaga.train.run_plan.RunPlan.config` becomes config.json;
+4. the loop (:mod:`medsaga.train.loop`) trains; trained weights, report.json and report.html follow.
 
 Under ``torchrun`` every rank runs this function: each checks the options and reads the cases
 (they all need every slice: each step's global batch is drawn from all of them), rank 0 alone
@@ -13,98 +19,50 @@ others show nothing (see :mod:`medsaga.distributed` and :mod:`medsaga.train.loop
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
+from torch import nn
 
 from medsaga import __version__, distributed
 from medsaga.data.dataset import Dataset, discover_dataset
 from medsaga.data.slices import MODES
 from medsaga.data.slicing import check_plane
+from medsaga.device import resolve_device, resolve_precision
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
 from medsaga.io.paths import check_owned_folder, ensure_writable_folder, new_owned_folder
 from medsaga.methods import TuningMethod, count_parameters, create_method, save_trained
-from medsaga.methods.base import encoder_backbone
-from medsaga.option_checks import check_fraction, check_int, check_non_negative, check_positive
-from medsaga.model.backbone import backbone_of
-from medsaga.model.build import check_image_size
 from medsaga.model.registry import LITEMEDSAM, get_model_type
+from medsaga.option_checks import check_memory_size
 from medsaga.train.allocator import malloc_wanted, tune_malloc
-from medsaga.train.augment import AugmentSettings, Augmenter
-from medsaga.train.data import LabelMapping, SliceSettings, TrainingSlices, default_presets, label_mapping, load_case_stacks
-from medsaga.train.embedding_cache import (DEFAULT_VIEWS, available_memory_bytes, cache_entry_bytes, check_cache_mode,
-                                           check_cache_settings, effective_views, frozen_module_name, use_cache)
-from medsaga.plan.run import gpu_memory_bytes
-from medsaga.train.memory_profile import LEAN, MemoryProfile, resolve_memory_profile
-from medsaga.train.loop import LoopSettings, SilentObserver, TrainingObserver, TrainResult, train
-from medsaga.train.resume import check_resumable
+from medsaga.train.augment import Augmenter
+from medsaga.train.data import TrainingSlices, label_mapping, load_case_stacks
+from medsaga.train.embedding_cache import check_cache_mode, check_cache_settings
+from medsaga.train.loop import SilentObserver, TrainingObserver, TrainResult, train
+from medsaga.train.memory_plan import MemoryPlanner, MemoryPlanRequest
+from medsaga.train.memory_profile import resolve_memory_profile
+from medsaga.train.options import (ATTENTIONS, BUDGET_CLOCKS, CONFIG_FILE, REPORT_FILE, FinetuneOptions,
+                                   check_numbers, options_from_run)
+from medsaga.train import decoder_warmup
+from medsaga.train.embedding_cache import frozen_module_name
+from medsaga.train.resume import check_resumable, checkpoint_folder
+from medsaga.train.run_messages import announce_inputs, announce_run
+from medsaga.train.run_plan import CheckedInputs, RunPlan, gather_facts, plan_run, slice_settings
 from medsaga.train.shots import CaseSplit, choose_cases
 from medsaga.train.time_budget import StepBudget, parse_duration
 from medsaga.train.validation import SliceDiceValidator
 
-CONFIG_FILE = "config.json"
-REPORT_FILE = "report.json"
-DEFAULT_EPOCHS = 10
+# Where the names callers import from here live now (medsaga.device, medsaga.train.options).
+__all__ = ["CONFIG_FILE", "DEFAULT_MODEL", "REPORT_FILE", "CheckedInputs", "FinetuneOptions", "FinetuneOutcome",
+           "FinetuneReporter", "SilentReporter", "check_inputs", "finetune", "options_from_run", "resolve_device",
+           "resolve_precision"]
+
 # The model when neither --model nor --checkpoint is given: the installed pretrained LiteMedSAM.
 DEFAULT_MODEL = LITEMEDSAM
-# The loop's upper bound on the steps of a --time-budget run, until the budget fixes the total.
-BUDGET_STEP_LIMIT = 10**9
-BUDGET_CLOCKS = ("wall", "cpu")
-# The image encoder's attention: "fast" skips the work on window padding (exact, see
-# medsaga.model.fast_attention); "sam" is segment-anything's own padded-window attention.
-ATTENTIONS = ("fast", "sam")
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """Everything ``medsaga finetune`` takes (see ``medsaga finetune --help``)."""
-
-    data_dir: Path
-    out: Path
-    shots: int = 5
-    cases: tuple[str, ...] = ()
-    selection: dict[str, Any] | None = None  # where ``cases`` came from: a ``medsaga select`` file (case_list)
-    val: int = 0
-    method: str = "galore"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Path | None = None
-    model: str | None = None
-    random_init: bool = False
-    image_size: int | None = None  # None: the model type's default (a checkpoint alone: once its type is read)
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float | None = None
-    decoder_lr: float | None = None
-    weight_decay: float | None = None
-    warmup_fraction: float = 0.05
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    activation_checkpointing: bool | None = None  # None: as the memory profile says (lean: on where the encoder trains)
-    speed: bool = False  # trade the lean memory defaults for time (medsaga.train.memory_profile)
-    plane: str = "axial"
-    slice_mode: str | None = None
-    intensity: str | None = None
-    empty_ratio: float = 0.25
-    augment: bool = True
-    checkpoint_every: int = 100
-    cache_embeddings: str = "auto"
-    cache_views: int = DEFAULT_VIEWS
-    cache_dtype: str = "fp32"
-    attention: str = "fast"
-    gpu_memory: str | None = None  # e.g. "12GiB": plan the run's peak first and refuse if it does not fit
-    time_budget: str | None = None  # e.g. "20m": train for this wall-clock time (medsaga.train.time_budget)
-    # What the budget counts: "wall" (the user's wait) or "cpu" (this process's CPU seconds, all its
-    # threads: a benchmark's fair share on a machine shared with other jobs)
-    time_budget_clock: str = "wall"
-    force: bool = False
 
 
 class FinetuneReporter(TrainingObserver, Protocol):
@@ -124,41 +82,6 @@ class FinetuneOutcome:
     report: dict[str, Any]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without CUDA is an input error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: this machine has no usable CUDA device (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` → bf16 autocast on a CUDA device that supports it, else fp32 (CPU bf16 is slower)."""
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if name not in ("fp32", "bf16"):
-        raise InputError(f"--precision must be auto, fp32 or bf16, got {name!r}")
-    return name
-
-
-@dataclass(frozen=True)
-class CheckedInputs:
-    """What :func:`check_inputs` resolved: the options with their weights and size filled in, and
-    everything the run needs that could fail on bad input."""
-
-    options: FinetuneOptions
-    device: torch.device
-    precision: str
-    gpu_memory: int | None
-    profile: MemoryProfile
-    method: TuningMethod
-    dataset: Dataset
-    mapping: LabelMapping
-    split: CaseSplit
-
 
 def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: int = 1) -> CheckedInputs:
     """Every check on the options, the dataset, the shots and the run folder that needs no heavy
@@ -167,8 +90,11 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
     ``world_size``: the processes that will share each global batch (``medsaga finetune --nproc``
     calls this before it launches them, so bad input stops with one line, not N tracebacks).
     """
-    _check_numbers(options)
-    if resume:  # a missing or tampered checkpoint: one line now, not after every case is read
+    check_numbers(options)
+    # A missing or tampered checkpoint: one line now, not after every case is read. A run stopped in
+    # (or right after) its decoder warm-up has its checkpoint there, or none needed.
+    if resume and not (checkpoint_folder(options.out) is None
+                       and (decoder_warmup.has_checkpoint(options.out) or decoder_warmup.is_done(options.out))):
         check_resumable(options.out, total_steps=options.steps)
     check_plane(options.plane)
     if options.slice_mode is not None and options.slice_mode not in MODES:
@@ -191,11 +117,12 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
                          f"{world_size} processes")
     device = distributed.device_for(distributed.current(), resolve_device(options.device))
     precision = resolve_precision(options.precision, device)
-    gpu_memory = gpu_memory_bytes(options.gpu_memory)
+    gpu_memory = check_memory_size("--gpu-memory", options.gpu_memory)
     profile = resolve_memory_profile(options.method, options.method_options, speed=options.speed,
                                      activation_checkpointing=options.activation_checkpointing,
                                      grad_accum=options.grad_accum)
     method = create_method(options.method, profile.method_options)
+    decoder_warmup.check_warmup_option(options.decoder_warmup, method)
     try:
         check_cache_settings(options.cache_views, options.cache_dtype)
         check_cache_mode(options.cache_embeddings, method)
@@ -204,7 +131,7 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
     dataset = discover_dataset(options.data_dir)
     mapping = label_mapping(dataset)
     split = choose_cases(dataset, options.shots, options.seed, cases=options.cases, val=options.val)
-    options = _resolve_weights(options)
+    options = _resolve_weights(options, device)
     if not distributed.current().is_main:
         pass  # rank 0 alone checks and makes the run folder: by the time another rank looks, it exists
     elif not resume:
@@ -215,30 +142,15 @@ def check_inputs(options: FinetuneOptions, *, resume: bool = False, world_size: 
     return CheckedInputs(options, device, precision, gpu_memory, profile, method, dataset, mapping, split)
 
 
-def _check_numbers(options: FinetuneOptions) -> None:
-    """The numeric options' ranges (:mod:`medsaga.option_checks`): one line naming the option and the
-    value. NaN, infinities and negative rates would otherwise train (to NaN weights) and exit 0."""
-    if options.image_size is not None:
-        check_image_size(options.image_size, "--image-size")
-    for name, count in (("--batch-size", options.batch_size), ("--grad-accum", options.grad_accum),
-                        ("--epochs", options.epochs), ("--steps", options.steps)):
-        if count is not None:
-            check_int(name, count, at_least=1)
-    # The seed feeds numpy's default_rng, which refuses negative seeds (a traceback in the first step).
-    check_int("--seed", options.seed, at_least=0)
-    check_int("--checkpoint-every", options.checkpoint_every, at_least=0)
-    for name, rate in (("--lr", options.lr), ("--decoder-lr", options.decoder_lr)):
-        if rate is not None:
-            check_positive(name, rate)
-    if options.weight_decay is not None:
-        check_non_negative("--weight-decay", options.weight_decay)
-    check_fraction("--warmup", options.warmup_fraction)
-    check_non_negative("--empty-ratio", options.empty_ratio)
-
-
 def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bool = False,
-             clock: Callable[[], float] = time.perf_counter) -> FinetuneOutcome:
-    """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report."""
+             clock: Callable[[], float] = time.perf_counter,
+             memory_planner: MemoryPlanner | None = None) -> FinetuneOutcome:
+    """Run (or, with ``resume``, continue) a fine-tuning; returns the outcome with its report.
+
+    ``memory_planner``: predicts the run's GPU peak before any long work (``medsaga finetune``
+    passes :func:`medsaga.plan.own_run.plan_own_run`); it is asked on rank 0 when ``--gpu-memory``
+    is given or the run trains on CUDA. ``--gpu-memory`` needs one (a :class:`ValueError` without).
+    """
     if options.time_budget_clock == "cpu":
         clock = time.process_time
     run_started = clock()  # a --time-budget counts from here: reading and the cache are part of the wait
@@ -247,100 +159,41 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
         reporter = SilentReporter()
     # --- checks that need no heavy work ---------------------------------------------------------
     checked = check_inputs(options, resume=resume, world_size=rank.world_size)
-    options, device, precision, gpu_memory = checked.options, checked.device, checked.precision, checked.gpu_memory
-    profile, method, dataset, mapping, split = (checked.profile, checked.method, checked.dataset, checked.mapping,
-                                                checked.split)
-    for warning in dataset.warnings:
+    if options.gpu_memory is not None and memory_planner is None:
+        raise ValueError("--gpu-memory needs a memory planner: pass memory_planner= (medsaga.plan.own_run.plan_own_run)")
+    for warning in checked.dataset.warnings:
         reporter.info(f"warning: {warning}")
-    model_type = options.model
 
     # --- the model (reads the checkpoint: a clear error if it is the wrong kind) ---------------
     # A checkpoint alone: its type is read with the file, after this; the ViTs' answer until then.
-    if device.type == "cpu" and malloc_wanted(get_model_type(model_type or "vit_b").backbone.tune_cpu_malloc):
+    if checked.device.type == "cpu" and malloc_wanted(get_model_type(checked.options.model or "vit_b").backbone.tune_cpu_malloc):
         tune_malloc()  # before any training tensor: the report's peak RSS is then the tensors', not glibc's heap
-    torch.manual_seed(options.seed)
-    model, model_type, checkpoint_info = _build_model(options, model_type, mapping.num_classes)
-    options = replace(options, image_size=model.image_size)  # a checkpoint alone: its type's default size
+    torch.manual_seed(checked.options.seed)
+    model, model_type, checkpoint_info = _build_model(checked.options, checked.options.model, checked.mapping.num_classes)
+    # A checkpoint alone: its type's default size.
+    checked = replace(checked, options=replace(checked.options, image_size=model.image_size))
     # Counted before the method wraps anything: SAM-PARSER turns the weights it decomposes into
     # frozen buffers, which would make "trainable of total" compare against a shrunken total.
     base_parameters = count_parameters(model)[1]
-    method.prepare(model)
+    checked.method.prepare(model)
     memory_plan = None
-    if rank.is_main and (gpu_memory is not None or device.type == "cuda"):
-        memory_plan = _plan_own_run(options, profile, model_type, mapping.num_classes, device, precision, gpu_memory,
-                                    reporter)
+    if memory_planner is not None and rank.is_main and (checked.gpu_memory is not None or checked.device.type == "cuda"):
+        answer = memory_planner(_memory_request(checked, model_type, rank.world_size))
+        reporter.info(f"memory plan: {answer.summary}")
+        memory_plan = answer.record
 
     # --- data: every chosen case is read and checked before anything is written ----------------
-    settings = SliceSettings(plane=options.plane,
-                             mode=options.slice_mode or ("repeat" if len(dataset.channel_names) == 1 else "modalities"),
-                             presets=default_presets(dataset, options.intensity), image_size=options.image_size,
-                             empty_ratio=options.empty_ratio)
-    total_cases = len(split.train) + len(split.val)
-    loaded = [0]
+    data, validator = _read_cases(checked, reporter)
+    announce_inputs(checked.split, model_type, checked.options, checkpoint_info, reporter)
 
-    def case_loaded(case_id: str) -> None:
-        loaded[0] += 1
-        reporter.on_case_loaded(case_id, loaded[0], total_cases)
-
-    stacks = load_case_stacks(dataset, split.train, settings, mapping, options.seed, case_loaded)
-    data = TrainingSlices(stacks, options.image_size)
-    validator = None
-    if split.val:
-        val_stacks = load_case_stacks(dataset, split.val, settings, mapping, options.seed, case_loaded)
-        validator = SliceDiceValidator(val_stacks, options.image_size, mapping.num_classes, options.batch_size, device)
-
-    reporter.info(f"shots ({len(split.train)}): {', '.join(split.train)}"
-                  + (f"; validation ({len(split.val)}): {', '.join(split.val)}" if split.val else ""))
-    if options.checkpoint is None:
-        why = "--random-init" if options.random_init else "no --checkpoint"
-        reporter.info(f"model {model_type} at {options.image_size} px with random weights ({why}): fine for tests "
-                      "and benchmarks, not for "
-                      "real segmentation")
-    elif checkpoint_info is not None and checkpoint_info.get("packaged"):
-        reporter.info(f"model {model_type} at {options.image_size} px from {checkpoint_info['packaged']} "
-                      f"({Path(checkpoint_info['path']).name}, SHA-256 verified)")
-
-    slices_per_step = options.batch_size * options.grad_accum
-    steps = options.steps if options.steps is not None else math.ceil(
-        (options.epochs or DEFAULT_EPOCHS) * len(data) / slices_per_step)
-    time_budget, budget_record = _time_budget(options, resume, clock, run_started)
-    if budget_record is not None:  # resumed: the total its budget fixed
-        steps = budget_record["resolved_steps"]
-    elif time_budget is not None:  # an upper bound until the budget fixes the total
-        steps = BUDGET_STEP_LIMIT
-    cache_views = effective_views(options.cache_views, options.augment)
-    encoder, backbone = encoder_backbone(model)
-    # The cache holds at most what the steps read (medsaga.train.embedding_cache.plan_cache).
-    cache_bytes = min(len(data) * cache_views, steps * slices_per_step) * cache_entry_bytes(
-        backbone.embedding_shape(encoder), options.image_size, options.cache_dtype, method.cache_needs_images)
-    available = available_memory_bytes()
-    # Half of what the machine has free now: the model, the batches and the activations need the rest.
-    budget = available // 2 if available is not None else None
-    if not use_cache(options.cache_embeddings, method, samples=steps * slices_per_step,
-                     entries=len(data) * cache_views, cache_bytes=cache_bytes, memory_budget=budget,
-                     lean=profile.name == LEAN):
-        cache_views = 0
-    lr = options.lr if options.lr is not None else default_learning_rate(method, model)
-    decoder_lr = options.decoder_lr if options.decoder_lr is not None else backbone.decoder_learning_rate
-    loop = LoopSettings(steps=steps, batch_size=options.batch_size, grad_accum=options.grad_accum,
-                        lr=lr, decoder_lr=decoder_lr,
-                        weight_decay=options.weight_decay if options.weight_decay is not None
-                        else method.default_weight_decay,
-                        warmup_steps=0 if time_budget is not None else budget_record["warmup_steps"]
-                        if budget_record is not None else int(round(options.warmup_fraction * steps)),
-                        seed=options.seed,
-                        precision=precision, activation_checkpointing=profile.activation_checkpointing,
-                        checkpoint_every=options.checkpoint_every, cache_views=cache_views,
-                        cache_dtype=options.cache_dtype, fast_attention=options.attention == "fast",
-                        # a budget's steps are not known before they run: each encodes what it reads
-                        cache_encode="lazy" if options.time_budget is not None else "read")
-    augment = AugmentSettings(enabled=options.augment)
-    cache = _cache_config(options, model, method, cache_views)
-    if cache_views and profile.name == LEAN:  # the cache is decided here, once its size is known
-        profile = replace(profile, applied=(*profile.applied, "embedding_cache"))
-    memory_profile = {"profile": profile.name, "applied": list(profile.applied), "notes": list(profile.notes)}
-    config = _config(options, dataset, mapping, split, settings, loop, augment, method, model_type,
-                     checkpoint_info, device, len(data), cache, memory_profile)
+    # --- decide the run, and record it ---------------------------------------------------------
+    time_budget, budget_record = _time_budget(checked.options, resume, clock, run_started)
+    facts = gather_facts(model, checked.method, model_type=model_type, training_slices=len(data),
+                         checkpoint=checkpoint_info, budget_record=budget_record)
+    plan = decoder_warmup.plan_with_warmup(checked, facts,
+                                           frozen_module_name(model, decoder_warmup.warmup_method()))
+    config = plan.config()
+    options = plan.options
     if not resume and rank.is_main:
         # The run folder is made with its first output: a previous run it replaces (--force) is
         # deleted only once config.json is written, and put back if that fails.
@@ -350,90 +203,113 @@ def finetune(options: FinetuneOptions, reporter: FinetuneReporter, *, resume: bo
     if time_budget is not None:
         time_budget.on_resolved = _record_budget(options.out / CONFIG_FILE, config, rank.is_main, reporter,
                                                  options.time_budget_clock)
-        reporter.info(f"time budget {time_budget.seconds:g} s: the steps are fixed after timing the first "
-                      f"{time_budget.probe_steps}, so that training ends within it")
-    reporter.info(f"{len(data)} training slices, "
-                  + (f"steps of {slices_per_step} slices, " if time_budget is not None else
-                     f"{steps} steps of {slices_per_step} slices ({steps * slices_per_step / len(data):.1f} epochs), ")
-                  + f"{method.name}, lr {lr:g}"
-                  + (f" (the method's {method.default_lr:g}, capped for this encoder)"
-                     if options.lr is None and lr != method.default_lr else "")
-                  + (f", decoder lr {decoder_lr:g}" if decoder_lr is not None else "")
-                  + f", {device.type}, {precision}")
-    reporter.info(profile.describe())
-    for note in profile.notes:
-        reporter.info(note)
-    if time_budget is None and not resume and not rank.distributed:  # a budget says the time itself
-        from medsaga.train.time_estimate import estimate_run
-
-        reporter.info(estimate_run(model, data, loop, method, device).describe())
-    if cache_views:
-        reporter.info(f"embedding cache: of {len(data)} slices x {cache_views} fixed view{'s' * (cache_views > 1)} "
-                      f"(view 0 unaugmented), only the slice-views the steps read go through the frozen "
-                      f"{cache['frozen_module']}, once"
-                      + (" each, as a step first reads them" if time_budget is not None or budget_record is not None
-                         else f" (at most {min(len(data) * cache_views, steps * slices_per_step)}, before the "
-                              "first step)")
-                      + "; every step trains on the cache" + ("" if options.augment else " (--no-augment: one view)"))
-    elif method.encoder_cacheable and options.cache_embeddings == "auto":
-        if budget is not None and cache_bytes > budget:
-            reporter.info(f"embedding cache off (auto): it would hold {cache_bytes / 2**30:.1f} GiB, more than half of "
-                          f"the {available / 2**30:.1f} GiB this machine has free; --cache-dtype fp16 or fewer "
-                          "--cache-views shrink it, --cache-embeddings on forces it")
-        else:  # only --speed weighs the cache's build against the run's length
-            reporter.info(f"embedding cache off (auto, --speed): this run trains on {steps * slices_per_step} "
-                          "slices, fewer "
-                          f"than the {len(data) * effective_views(options.cache_views, options.augment)} views the "
-                          "cache would encode first; --cache-embeddings on forces it")
+    announce_run(plan, model, data, checked.method, checked.device, time_budget, resume, reporter)
 
     # --- train ------------------------------------------------------------------------------------
-    result = train(model, method, data, loop, options.out, reporter, Augmenter(augment, options.seed),
+    warmup_record = None
+    if plan.warmup is not None:
+        warmup_record = _warm_up_decoder(plan, model, data, validator, checked, clock, run_started, resume, reporter)
+    return _execute(plan, model, data, validator, checked, time_budget, base_parameters, memory_plan,
+                    resume and checkpoint_folder(options.out) is not None, reporter, warmup_record)
+
+
+def _warm_up_decoder(plan: RunPlan, model: nn.Module, data: TrainingSlices, validator: SliceDiceValidator | None,
+                     checked: CheckedInputs, clock: Callable[[], float], run_started: float, resume: bool,
+                     reporter: FinetuneReporter) -> dict[str, Any]:
+    """The decoder warm-up (:mod:`medsaga.train.decoder_warmup`) in RUN/decoder-warmup/, before the
+    run's method trains: skipped when a resumed run finished it (its decoder is loaded instead),
+    continued from its checkpoint when it stopped in it. Returns report.json's ``decoder_warmup``."""
+    phase, options, rank = plan.warmup, plan.options, distributed.current()
+    trainable = decoder_warmup.TrainableFlags(model)
+    phase.method.prepare(model)
+    record: dict[str, Any] = {"fraction": phase.fraction, "method": phase.method.name,
+                              "folder": decoder_warmup.WARMUP_FOLDER}
+    if resume and decoder_warmup.is_done(options.out):
+        decoder_warmup.load_warmup(phase.method, model, options.out)
+        reporter.info("decoder warm-up: done before, its decoder loaded")
+        record["resumed"] = "done before"
+    else:
+        folder = phase.folder(options.out)
+        if rank.is_main:
+            folder.mkdir(exist_ok=True)
+        distributed.barrier()
+        budget = None
+        if phase.budget_seconds is not None:
+            budget = StepBudget(phase.budget_seconds, warmup_fraction=options.warmup_fraction, clock=clock,
+                                started=run_started)
+        reporter.info(f"decoder warm-up: the mask decoder on the frozen encoder's cached embeddings first, "
+                      + (f"for {phase.budget_seconds:.0f} s of the budget" if budget is not None
+                         else f"{phase.plan.loop.steps} of the run's steps")
+                      + f"; then {checked.method.name} trains the encoder too")
+        result = train(model, phase.method, data, phase.plan.loop, folder, reporter,
+                       Augmenter(phase.plan.augmentation, options.seed), device=checked.device,
+                       resume=resume and decoder_warmup.has_checkpoint(options.out), validator=validator,
+                       time_budget=budget)
+        if rank.is_main:
+            decoder_warmup.save_warmup(phase.method, model, options.out)
+        distributed.barrier()
+        record.update(steps=result.steps, wall_seconds=result.wall_seconds, final_loss=result.final_loss,
+                      time_budget=budget.describe() if budget is not None else None)
+    trainable.restore(model)
+    return record
+
+
+def _execute(plan: RunPlan, model: nn.Module, data: TrainingSlices, validator: SliceDiceValidator | None,
+             checked: CheckedInputs, time_budget: StepBudget | None, base_parameters: int,
+             memory_plan: dict[str, Any] | None, resume: bool, reporter: FinetuneReporter,
+             warmup_record: dict[str, Any] | None = None) -> FinetuneOutcome:
+    """Train as ``plan`` says; save the trained weights and write report.json and report.html."""
+    options, method, device, rank = plan.options, checked.method, checked.device, distributed.current()
+    result = train(model, method, data, plan.loop, options.out, reporter, Augmenter(plan.augmentation, options.seed),
                    device=device, resume=resume, validator=validator, time_budget=time_budget)
     result.total_parameters = base_parameters
     if rank.is_main:
         save_trained(method, model.cpu(), options.out)
     report = {"medsaga_version": __version__, "method": method.name, "device": str(device),
-              "precision": precision, "model_type": model_type, "image_size": options.image_size,
-              "cache_embeddings": bool(cache_views), "memory_profile": memory_profile, "memory_plan": memory_plan,
-              "train_cases": list(split.train), "val_cases": list(split.val), **result.to_json(),
-              "time_budget": time_budget.describe() if time_budget is not None else budget_record}
+              "precision": checked.precision, "model_type": plan.model_type, "image_size": options.image_size,
+              "cache_embeddings": bool(plan.cache.views), "memory_profile": plan.memory_profile_record(),
+              "memory_plan": memory_plan, "train_cases": list(plan.split.train), "val_cases": list(plan.split.val),
+              **result.to_json(),
+              "time_budget": time_budget.describe() if time_budget is not None else plan.budget_record,
+              "decoder_warmup": warmup_record}
     if rank.is_main:
         _write_json(options.out / REPORT_FILE, report)
         from medsaga.report import write_run_report
 
         write_run_report(options.out)  # report.html: the settings, curves and memory of the files above
     distributed.barrier()  # no rank returns (and, in a test, reads the folder) before rank 0 wrote it
-    return FinetuneOutcome(options.out, method, split, result, report)
+    return FinetuneOutcome(options.out, method, plan.split, result, report)
 
 
-def _plan_own_run(options: FinetuneOptions, profile: MemoryProfile, model_type: str, num_classes: int, device: torch.device,
-                  precision: str, gpu_memory: int | None, reporter: FinetuneReporter) -> dict[str, Any]:
-    """The memory plan of this run's own settings (:mod:`medsaga.plan`), printed before any long work;
-    an :class:`InputError` when ``--gpu-memory`` is given and the predicted peak does not fit."""
-    from medsaga.plan.run import config_of, default_profiled_sizes, fit_config
+def _memory_request(checked: CheckedInputs, model_type: str, world_size: int) -> MemoryPlanRequest:
+    """What the memory planner is asked about this run."""
+    options = checked.options
+    return MemoryPlanRequest(method=options.method, profile=checked.profile, model_type=model_type,
+                             num_classes=checked.mapping.num_classes, image_size=options.image_size,
+                             batch_size=options.batch_size, world_size=world_size, device=checked.device,
+                             precision=checked.precision, cache_allowed=options.cache_embeddings != "off",
+                             gpu_memory=checked.gpu_memory, gpu_memory_text=options.gpu_memory)
 
-    config = config_of(options.method, profile, precision=precision, cache_allowed=options.cache_embeddings != "off")
-    sizes = default_profiled_sizes(model_type)
-    fitted, _ = fit_config(config, model_type=model_type, num_classes=num_classes, sizes=sizes, device=device)
-    # Each GPU holds its share of the global batch.
-    prediction = fitted.predict(options.image_size, options.batch_size // distributed.current().world_size)
-    gib = 2**30
-    text = (f"predicted GPU peak {prediction.peak_bytes / gib:.2f} GiB at batch {options.batch_size}, "
-            f"{options.image_size} px (weights {prediction.model_bytes / gib:.2f}, optimizer "
-            f"{prediction.optimizer_bytes / gib:.2f}, gradients etc. {prediction.fixed_bytes / gib:.2f}, "
-            f"activations {prediction.activation_bytes / gib:.2f})")
-    plan: dict[str, Any] = {"prediction": prediction.to_json(), "gpu_memory_bytes": gpu_memory, "fits": None,
-                            "largest_batch": None, "profiled_sizes": list(sizes)}
-    if gpu_memory is not None:
-        largest = fitted.largest_batch(options.image_size, gpu_memory)
-        plan.update(fits=prediction.peak_bytes <= gpu_memory, largest_batch=largest)
-        if not plan["fits"]:
-            advice = (f"--batch-size {largest * distributed.current().world_size} fits" if largest else "not even batch 1 fits: a smaller --image-size, "
-                      "or another method (medsaga plan compares them)")
-            raise InputError(f"--gpu-memory {options.gpu_memory}: {text} does not fit; {advice}")
-        text += f"; fits in {options.gpu_memory} (largest batch {largest})"
-    reporter.info(f"memory plan: {text}, from steps profiled at {', '.join(map(str, sizes))} px")
-    return plan
+
+def _read_cases(checked: CheckedInputs, reporter: FinetuneReporter) -> tuple[TrainingSlices, SliceDiceValidator | None]:
+    """The training slices, and a validator on the validation cases (if any); each case reported."""
+    options, split, mapping = checked.options, checked.split, checked.mapping
+    settings = slice_settings(options, checked.dataset)
+    total_cases = len(split.train) + len(split.val)
+    loaded = [0]
+
+    def case_loaded(case_id: str) -> None:
+        loaded[0] += 1
+        reporter.on_case_loaded(case_id, loaded[0], total_cases)
+
+    stacks = load_case_stacks(checked.dataset, split.train, settings, mapping, options.seed, case_loaded)
+    data = TrainingSlices(stacks, options.image_size)
+    validator = None
+    if split.val:
+        val_stacks = load_case_stacks(checked.dataset, split.val, settings, mapping, options.seed, case_loaded)
+        validator = SliceDiceValidator(val_stacks, options.image_size, mapping.num_classes, options.batch_size,
+                                       checked.device)
+    return data, validator
 
 
 class SilentReporter(SilentObserver):
@@ -447,18 +323,14 @@ class SilentReporter(SilentObserver):
         pass
 
 
-def default_learning_rate(method: TuningMethod, model: Any) -> float:
-    """The method's default learning rate, at most the image encoder's cap (see
-    :attr:`~medsaga.model.backbone.Backbone.learning_rate_cap`)."""
-    cap = backbone_of(model.image_encoder).learning_rate_cap
-    return method.default_lr if cap is None else min(method.default_lr, cap)
 
-
-def _resolve_weights(options: FinetuneOptions) -> FinetuneOptions:
+def _resolve_weights(options: FinetuneOptions, device: torch.device | None = None) -> FinetuneOptions:
     """The model type, base checkpoint and input size a run starts from (cheap checks only:
     :func:`medsaga.model.load.choose_weights`).
 
     Neither ``--model`` nor ``--checkpoint``: ``--model`` :data:`DEFAULT_MODEL` (LiteMedSAM).
+    On a CPU ``device``, a model type with a :attr:`~medsaga.model.registry.ModelType.cpu_train_image_size`
+    (LiteMedSAM: 128) trains at that size unless ``--image-size`` is given.
     ``--model litemedsam`` without ``--checkpoint`` takes the installed LiteMedSAM weights (verified
     by size and SHA-256; an :class:`InputError` naming the pip command when they are not installed);
     ``--random-init`` builds the architecture with random weights instead. The input size defaults
@@ -471,30 +343,13 @@ def _resolve_weights(options: FinetuneOptions) -> FinetuneOptions:
         # Neither given: the pretrained medical SAM that installs with medsaga (as TotalSegmentator
         # uses its own weights untold); its absence is the one-line pip command below.
         options = replace(options, model=DEFAULT_MODEL)
+    image_size = options.image_size
+    if image_size is None and device is not None and device.type == "cpu" and options.model is not None:
+        image_size = get_model_type(options.model).cpu_train_image_size
     choice = choose_weights(options.model, options.checkpoint, random_init=options.random_init,
-                            image_size=options.image_size)
+                            image_size=image_size)
     return replace(options, checkpoint=choice.checkpoint, image_size=choice.image_size)
 
-
-def options_from_run(run_dir: Path, **overrides: Any) -> FinetuneOptions:
-    """The options a run was started with (its config.json), for ``--resume``."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise InputError("not a medsaga run folder (no config.json)", run_dir)
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))["options"]
-        # Runs from before the embedding cache trained without it: resume them the same way.
-        recorded.setdefault("cache_embeddings", "off")
-        # ... and with SAM's padded-window attention.
-        recorded.setdefault("attention", "sam")
-        # ... and without the lean memory defaults: as the options they recorded say, nothing added.
-        recorded.setdefault("speed", True)
-        options = FinetuneOptions(**{**recorded, "data_dir": Path(recorded["data_dir"]), "out": run_dir,
-                                     "checkpoint": Path(recorded["checkpoint"]) if recorded["checkpoint"] else None,
-                                     "cases": tuple(recorded["cases"])})
-    except (ValueError, KeyError, TypeError) as error:
-        raise InputError(f"cannot read the run's options ({error})", path) from None
-    return replace(options, **overrides)
 
 
 def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: int):
@@ -513,39 +368,6 @@ def _build_model(options: FinetuneOptions, model_type: str | None, num_classes: 
             "size_bytes": digests.size_bytes, "packaged": packaged_source(Path(loaded.checkpoint))}
     return loaded.model, loaded.model_type, info
 
-
-def _config(options: FinetuneOptions, dataset: Dataset, mapping: LabelMapping, split: CaseSplit,
-            settings: SliceSettings, loop: LoopSettings, augment: AugmentSettings, method: TuningMethod,
-            model_type: str, checkpoint: dict[str, Any] | None, device: torch.device, slices: int,
-            cache: dict[str, Any], memory_profile: dict[str, Any]) -> dict[str, Any]:
-    """config.json: everything needed to rebuild the model and repeat the slicing."""
-    recorded = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(options).items()}
-    recorded["cases"] = list(options.cases)
-    return {
-        "medsaga_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": {"type": model_type, "image_size": options.image_size, "num_classes": mapping.num_classes,
-                  "checkpoint": checkpoint},
-        "classes": {"values": list(mapping.values), "names": list(mapping.names)},
-        "dataset": {"root": str(dataset.root.resolve()), "name": dataset.name, "layout": dataset.layout,
-                    "channel_names": list(dataset.channel_names), "train_cases": list(split.train),
-                    "val_cases": list(split.val), "training_slices": slices, "selection": options.selection},
-        "slicing": asdict(settings),
-        "method": {"name": method.name, "options": method.options.to_json()},
-        "training": asdict(loop),
-        "augmentation": asdict(augment),
-        "embedding_cache": cache,
-        "memory_profile": memory_profile,
-        "device": str(device),
-        "options": recorded,
-    }
-
-
-def _cache_config(options: FinetuneOptions, model: Any, method: TuningMethod, views: int) -> dict[str, Any]:
-    """config.json's ``embedding_cache``: what was asked, and what it resolved to."""
-    return {"mode": options.cache_embeddings, "enabled": bool(views), "views": views,
-            "dtype": options.cache_dtype if views else None,
-            "frozen_module": frozen_module_name(model, method) if views else None}
 
 
 def _time_budget(options: FinetuneOptions, resume: bool, clock: Callable[[], float],

@@ -7,7 +7,7 @@ uninterrupted run would have.
 
 With ``cache_views`` set (methods with a cacheable frozen encoder part), the loop first builds an
 :class:`~medsaga.train.embedding_cache.EmbeddingCache` of the (slice, view) pairs its steps will read
-(fixed augmented views and the frozen part's output on each; :func:`~medsaga.train.embedding_cache.plan_cache`
+(fixed augmented views and the frozen part's output on each; :func:`~medsaga.train.cache_plan.plan_cache`
 knows them from (seed, step) before the first step), then every step trains on its cached pairs
 and asks the method to finish the forward pass from the cached output. The build is timed apart
 from the steps; a ``--time-budget`` run, whose length is not known yet, encodes each step's new
@@ -20,6 +20,13 @@ is augmented as its global position says, so N processes compute the single-proc
 float rounding of the reordered sums). Layer-wise GaLore updates inside backward, before DDP could
 reduce anything: there the optimizer averages each gradient over the ranks in its hook instead.
 Only rank 0 writes the metrics and checkpoints, and only rank 0 validates.
+
+The loop is a :class:`Trainer` with nnU-Net's hooks: setup (:meth:`~Trainer.on_train_start`), one
+optimizer step (:meth:`~Trainer.train_step`), what follows each step and each epoch
+(:meth:`~Trainer.on_step_end`, :meth:`~Trainer.on_epoch_end`), teardown
+(:meth:`~Trainer.on_train_end`); :func:`train` runs them. The memory meters are one
+:class:`~medsaga.train.meters.MemoryMeters`; the batch order is :mod:`medsaga.train.schedule`'s,
+the forward pass :mod:`medsaga.train.forward`'s, checkpoint bookkeeping :mod:`medsaga.train.resume`'s.
 """
 
 from __future__ import annotations
@@ -31,15 +38,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from medsaga import distributed
 from medsaga.errors import InputError
-from medsaga.io.atomic import write_errors
 from medsaga.losses import segmentation_loss
 from medsaga.methods.base import TuningMethod, count_parameters, image_encoder
 from medsaga.model.activation_checkpointing import checkpoint_encoder_blocks
@@ -47,11 +52,15 @@ from medsaga.model.fast_attention import speed_up_encoder
 from medsaga.optim import check_layerwise_compatible, warmup_poly_lr
 from medsaga.train.augment import Augmenter
 from medsaga.train.data import TrainingSlices
-from medsaga.train.embedding_cache import (ENCODE_MODES, CachePlan, EmbeddingCache, Pair, distinct_reads, encode_groups,
-                                           new_cache, plan_cache, view_schedule)
-from medsaga.train.memory import (GradientMeter, MemoryBreakdown, PeakMemory, SavedActivationMeter, StepTensorPeak,
-                                  optimizer_state_bytes, parameter_bytes)
-from medsaga.train.resume import CHECKPOINT_DIR, load_training_state, save_training_state
+from medsaga.train.cache_plan import ENCODE_MODES, CachePlan, distinct_reads, plan_cache
+from medsaga.train.embedding_cache import EmbeddingCache, encode_groups, new_cache
+from medsaga.train.forward import TrainingForward, autocast, distribute
+from medsaga.train.memory import MemoryBreakdown
+from medsaga.train.meters import MemoryMeters
+from medsaga.train.resume import checkpoint_due as _checkpoint_due
+from medsaga.train.resume import diverged_message, load_training_state, not_finite, save_checkpoint, truncate_metrics
+from medsaga.train.schedule import batch_samples, cached_view, step_seed
+from medsaga.train.schedule import step_pairs as _step_pairs
 from medsaga.train.time_budget import StepBudget
 
 METRICS_FILE = "metrics.jsonl"
@@ -78,7 +87,7 @@ class LoopSettings:
             ``V >= 1`` trains on the embedding cache with ``V`` fixed views per slice (view 0
             unaugmented), for a method whose ``encoder_cacheable`` is true.
         cache_dtype: storage of the cached outputs: ``fp32``, ``fp16`` or ``bf16``.
-        cache_encode: which entries the cache encodes (:func:`~medsaga.train.embedding_cache.plan_cache`):
+        cache_encode: which entries the cache encodes (:func:`~medsaga.train.cache_plan.plan_cache`):
             ``read``: those the steps read, before the first step; ``lazy``: each step's new ones
             before that step (always with a ``time_budget``: the total is not known before the
             steps; a resumed budget run must say ``lazy`` too, to encode in the same batches);
@@ -180,215 +189,246 @@ def train(model: nn.Module, method: TuningMethod, data: TrainingSlices, settings
     ``save_state=False`` writes no resumable checkpoint (profiled or timed steps in a scratch
     folder, where writing the whole model would only cost time: 2.4 GiB for ViT-H).
     """
+    return Trainer(model, method, data, settings, run_dir, observer, augmenter, device=device, resume=resume,
+                   validator=validator, cache_encoder=cache_encoder, save_state=save_state,
+                   time_budget=time_budget).run()
+
+
+class Trainer:
+    """One run of the loop (module docstring): the hooks, and :meth:`run` calling them in order.
+
+    ``settings`` is the one thing that changes on the way: a ``--time-budget`` run replaces its
+    upper bound on the steps by the total the budget fixes.
+    """
+
+    def __init__(self, model: nn.Module, method: TuningMethod, data: TrainingSlices, settings: LoopSettings,
+                 run_dir: Path, observer: TrainingObserver, augmenter: Augmenter, *, device: torch.device,
+                 resume: bool = False, validator: Validator | None = None, cache_encoder: bool = True,
+                 save_state: bool = True, time_budget: StepBudget | None = None) -> None:
+        self.model, self.method, self.data, self.settings = model, method, data, settings
+        self.run_dir, self.observer, self.augmenter, self.device = run_dir, observer, augmenter, device
+        self.resume, self.validator, self.cache_encoder, self.save_state = resume, validator, cache_encoder, save_state
+        self.time_budget = time_budget
+        self.rank = distributed.current()
+        self.writes = self.rank.is_main and save_state  # only rank 0 writes the run folder
+        self.metrics_path = run_dir / METRICS_FILE
+        self.first_step = 0
+        self.slices_per_step = settings.batch_size * settings.grad_accum
+        self.steps_per_epoch = len(data) / self.slices_per_step
+        self.cache: EmbeddingCache | None = None
+        self.cache_plan: CachePlan | None = None
+        self.lazy_seconds = 0.0  # encoding inside the loop (a lazy cache): not step time
+        self.loss_value = math.nan
+        self.validation: list[float] = []
+        # The step of the newest checkpoint on disk (every rank tracks it: the divergence line names it).
+        self.last_checkpoint: int | None = None
+        self._metrics: IO[str] | None = None
+
+    # --- the order ------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self.on_train_start()
+        with (open(self.metrics_path, "a", encoding="utf-8") if self.rank.is_main
+              else open(os.devnull, "w")) as self._metrics:
+            step = self.first_step
+            while step < self.settings.steps:  # a time budget may lower the total on the way
+                encode_seconds, encoded = self.encode_for_step(step)
+                step_started = time.perf_counter()
+                loss = self.train_step(step)
+                self.on_step_end(step, loss, step_started, encode_seconds=encode_seconds, encoded=encoded)
+                step += 1
+        return self.on_train_end()
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        """Checks, model surgery, optimizer and schedule, resume, embedding cache, meters."""
+        settings, model, method, device = self.settings, self.model, self.method, self.device
+        _check_settings(settings, method, self.rank)
+        # Before checkpointing, so a checkpointed block recomputes the fast forward (either order works:
+        # speed_up_encoder re-wraps checkpointed blocks) and before the cache, which it also speeds up.
+        if settings.fast_attention:
+            speed_up_encoder(image_encoder(model))
+        if settings.activation_checkpointing and not method.encoder_frozen:
+            checkpoint_encoder_blocks(image_encoder(model))
+        if self.rank.distributed:
+            distributed.sync_batch_norms(model)
+        model.to(device)
+        self.optimizer = method.build_optimizer(model, settings.lr, settings.weight_decay,
+                                                decoder_lr=settings.decoder_lr)
+        layerwise = bool(getattr(self.optimizer, "layerwise", False))
+        if layerwise:
+            check_layerwise_compatible(settings.grad_accum, None, None)
+        self.forward: nn.Module = TrainingForward(model, method)
+        if self.rank.distributed:
+            self.forward = distribute(self.forward, self.optimizer, layerwise, device)
+        # With a time budget, settings.steps is only an upper bound until the budget fixes the total
+        # (medsaga.train.time_budget); its factor then follows warmup_poly_lr for that total.
+        budget = self.time_budget
+        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda t: budget.lr_factor(t))
+                          if budget is not None else warmup_poly_lr(self.optimizer, settings.steps, settings.warmup_steps))
+        if self.resume:
+            self.first_step = load_training_state(self.run_dir, method=method, model=model, optimizer=self.optimizer,
+                                                  scheduler=self.scheduler, total_steps=settings.steps)
+            self.last_checkpoint = self.first_step
+            if self.rank.is_main:
+                truncate_metrics(self.metrics_path, self.first_step)
+        self.meters = MemoryMeters(device)  # taken before the cache is built: the cache counts toward the peak
+        self.autocast = autocast(device, settings.precision)
+        if settings.cache_views:
+            self._build_cache()
+        self.parameter_dtype = next(model.parameters()).dtype
+        self.observer.on_start(settings.steps, self.first_step, self.steps_per_epoch)
+        profiled_step = settings.tensor_peak_step
+        if profiled_step is None:
+            profiled_step = self.first_step + 1 if self.first_step + 1 < settings.steps else self.first_step
+        self.meters.attach(model, profiled_step)
+        model.train()
+        self.started = time.perf_counter()
+        if budget is not None:
+            budget.steps_begin()  # the time so far (reading, model, cache) counted toward the budget
+            if self._lazy:  # the encoding the remaining steps will do, for the total the budget fixes
+                plan, cache = self.cache_plan, self.cache
+                assert plan is not None
+                budget.future_encodes = lambda next_step: plan.future_encodes(next_step, cache)
+
+    def _build_cache(self) -> None:
+        """The embedding cache of the (slice, view) pairs the steps read; those known before the
+        first step are encoded now (medsaga.train.cache_plan.plan_cache)."""
+        settings, data = self.settings, self.data
+        views, count = settings.cache_views, len(data)
+        plan = plan_cache(lambda step: _step_pairs(count, views, settings, step), count=count, views=views,
+                          batch_size=settings.batch_size, first_step=self.first_step, total_steps=settings.steps,
+                          # the total is not known before a budget's steps: encode as they read
+                          mode="lazy" if self.time_budget is not None else settings.cache_encode)
+        cache = new_cache(self.model, self.method, data, views=views, dtype=settings.cache_dtype,
+                          encode=self.cache_encoder, order=plan.order)
+        if plan.groups:
+            encode_groups(cache, self.model, self.method, data, self.augmenter, plan.groups, device=self.device,
+                          autocast=autocast(self.device, settings.precision),
+                          progress=getattr(self.observer, "on_cache_progress", None))
+        self.cache, self.cache_plan = cache, plan
+
+    @property
+    def _lazy(self) -> bool:
+        return self.cache_plan is not None and self.cache_plan.mode == "lazy"
+
+    # --- each step ------------------------------------------------------------------------------
+
+    def encode_for_step(self, step: int) -> tuple[float, int]:
+        """A lazy cache: this step's pairs it does not hold yet, before (and timed apart from) the
+        step. The seconds on the budget's clock, and the entries encoded."""
+        if not self._lazy:
+            return 0.0, 0
+        plan, cache, budget = self.cache_plan, self.cache, self.time_budget
+        assert plan is not None and cache is not None
+        groups = plan.step_groups(step, cache)
+        if not groups:
+            return 0.0, 0
+        # On the budget's own clock (wall, or this process's CPU seconds) for the budget.
+        before = budget.clock() if budget is not None else 0.0
+        seconds, encoded = encode_groups(cache, self.model, self.method, self.data, self.augmenter, groups,
+                                         device=self.device, autocast=self.autocast)
+        self.lazy_seconds += seconds
+        return (budget.clock() - before if budget is not None else seconds), encoded
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step (0-based ``step``); its mean loss over the global batch."""
+        torch.manual_seed(step_seed(self.settings.seed, step))  # noise inside methods (Conv-LoRA's gate)
+        # Before the profiled step begins: the last step's gradients are not held between steps.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.meters.step_begins()
+        with self.meters.around_step(step, self.optimizer):
+            return _step(self.forward, self.model, self.method, self.data, self.settings, self.optimizer,
+                         self.augmenter, self.cache, self.autocast, self.meters, self.device, self.parameter_dtype,
+                         step)
+
+    def on_step_end(self, step: int, loss: float, step_started: float, *, encode_seconds: float = 0.0,
+                    encoded: int = 0) -> None:
+        """After step ``step``: the budget, the divergence guard, the schedule, the metrics line and
+        progress, the epoch's end, the checkpoint."""
+        budget = self.time_budget
+        if (budget is not None and not budget.resolved
+                and budget.step_done(step + 1, encode_seconds=encode_seconds, encoded=encoded) is not None):
+            # Before scheduler.step(): the next step's lr is already the fitted schedule's.
+            self.settings = replace(self.settings, steps=budget.total_steps, warmup_steps=budget.warmup_steps)
+            if hasattr(self.observer, "on_total_steps"):
+                self.observer.on_total_steps(self.settings.steps)
+        settings = self.settings
+        assert self._metrics is not None
+        # The one place a diverged run stops: before its metrics line, checkpoint or trained weights.
+        due = self.save_state and _checkpoint_due(settings, step)
+        failure = not_finite(loss, self.method, self.model, check_weights=due or step + 1 == settings.steps)
+        if failure is not None:
+            self._metrics.flush()
+            raise InputError(diverged_message(step + 1, failure, self.run_dir, self.last_checkpoint, settings))
+        self.scheduler.step()
+        self.loss_value = loss
+        elapsed = time.perf_counter() - step_started
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._metrics.write(json.dumps({"step": step + 1, "loss": round(loss, 6), "lr": lr,
+                                        "seconds": round(elapsed, 4)}) + "\n")
+        self.observer.on_step(step + 1, loss, lr, self.slices_per_step / max(elapsed, 1e-9))
+        per_epoch = self.steps_per_epoch
+        if math.floor((step + 1) / per_epoch) > math.floor(step / per_epoch) or step + 1 == settings.steps:
+            self.on_epoch_end(step)
+        if due:
+            if self.writes:
+                self._metrics.flush()
+                save_checkpoint(self.run_dir, step=step + 1, method=self.method, model=self.model,
+                                optimizer=self.optimizer, scheduler=self.scheduler)
+            self.last_checkpoint = step + 1
+
+    def on_epoch_end(self, step: int) -> None:
+        """An epoch ended with step ``step`` (or the run did): rank 0 validates, when it has cases to."""
+        if self.validator is not None and self.rank.is_main:
+            dice = self.validator(self.model)
+            self.validation.append(dice)
+            self.observer.on_validation(len(self.validation), dice)
+            self.model.train()
+
+    # --- teardown -------------------------------------------------------------------------------
+
+    def on_train_end(self) -> TrainResult:
+        """The last checkpoint, then every meter read: the run's :class:`TrainResult`."""
+        settings = self.settings
+        wall = time.perf_counter() - self.started - self.lazy_seconds  # the steps' time; the cache's is its build
+        if self.writes:
+            save_checkpoint(self.run_dir, step=settings.steps, method=self.method, model=self.model,
+                            optimizer=self.optimizer, scheduler=self.scheduler)
+        readings = self.meters.finish(self.model, self.optimizer)
+        trainable, total = count_parameters(self.model)
+        slices = (settings.steps - self.first_step) * self.slices_per_step
+        return TrainResult(settings.steps, self.first_step, slices, wall, slices / max(wall, 1e-9), self.loss_value,
+                           trainable, total, readings.memory, readings.peak_memory, self.validation,
+                           self._cache_report(slices, wall), readings.tensor_peak, readings.per_rank)
+
+    def _cache_report(self, slices: int, wall: float) -> dict[str, Any] | None:
+        cache, plan, settings = self.cache, self.cache_plan, self.settings
+        if cache is None or plan is None:
+            return None
+        if plan.read is None:  # lazy: the run's length is known now
+            plan.read = len(distinct_reads(plan.step_reads, self.first_step, settings.steps, plan.entries))
+        return {**cache.describe(), "encode": plan.mode, "read": plan.read,
+                "summary": plan.summary(settings.steps - self.first_step, self.slices_per_step, cache.encoded),
+                "slices_per_second_including_build": slices / max(wall + cache.build_seconds, 1e-9)}
+
+
+def _check_settings(settings: LoopSettings, method: TuningMethod, rank: distributed.Rank) -> None:
     if settings.cache_views < 0:
         raise ValueError(f"cache_views must be 0 (no cache) or more, got {settings.cache_views}")
     if settings.cache_views and not method.encoder_cacheable:
         raise ValueError(f"method {method.name!r} has no cacheable frozen encoder part (cache_views must be 0)")
     if settings.cache_encode not in ENCODE_MODES:
         raise ValueError(f"cache_encode must be one of {', '.join(ENCODE_MODES)}, got {settings.cache_encode!r}")
-    rank = distributed.current()
     if settings.batch_size % rank.world_size:
         raise ValueError(f"batch_size {settings.batch_size} (the global batch) is not divisible by the "
                          f"{rank.world_size} processes")
-    # Before checkpointing, so a checkpointed block recomputes the fast forward (either order works:
-    # speed_up_encoder re-wraps checkpointed blocks) and before the cache, which it also speeds up.
-    if settings.fast_attention:
-        speed_up_encoder(image_encoder(model))
-    if settings.activation_checkpointing and not method.encoder_frozen:
-        checkpoint_encoder_blocks(image_encoder(model))
-    if rank.distributed:
-        distributed.sync_batch_norms(model)
-    model.to(device)
-    optimizer = method.build_optimizer(model, settings.lr, settings.weight_decay, decoder_lr=settings.decoder_lr)
-    layerwise = bool(getattr(optimizer, "layerwise", False))
-    if layerwise:
-        check_layerwise_compatible(settings.grad_accum, None, None)
-    forward = _TrainingForward(model, method)
-    if rank.distributed:
-        forward = _distribute(forward, optimizer, layerwise, device)
-    # With a time budget, settings.steps is only an upper bound until the budget fixes the total
-    # (medsaga.train.time_budget); its factor then follows warmup_poly_lr for that total.
-    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: time_budget.lr_factor(t))
-                 if time_budget is not None
-                 else warmup_poly_lr(optimizer, settings.steps, settings.warmup_steps))
-    first_step = 0
-    metrics_path = run_dir / METRICS_FILE
-    if resume:
-        first_step = load_training_state(run_dir, method=method, model=model, optimizer=optimizer, scheduler=scheduler,
-                                         total_steps=settings.steps)
-        if rank.is_main:
-            _truncate_metrics(metrics_path, first_step)
-
-    slices_per_step = settings.batch_size * settings.grad_accum
-    steps_per_epoch = len(data) / slices_per_step
-    peak = PeakMemory(device)  # taken before the cache is built: the cache counts toward the peak
-    cache: EmbeddingCache | None = None
-    plan: CachePlan | None = None
-    if settings.cache_views:
-        views, count = settings.cache_views, len(data)
-        plan = plan_cache(lambda step: _step_pairs(count, views, settings, step), count=count, views=views,
-                          batch_size=settings.batch_size, first_step=first_step, total_steps=settings.steps,
-                          # the total is not known before a budget's steps: encode as they read
-                          mode="lazy" if time_budget is not None else settings.cache_encode)
-        cache = new_cache(model, method, data, views=views, dtype=settings.cache_dtype, encode=cache_encoder,
-                          order=plan.order)
-        if plan.groups:
-            encode_groups(cache, model, method, data, augmenter, plan.groups, device=device,
-                          autocast=_autocast(device, settings.precision),
-                          progress=getattr(observer, "on_cache_progress", None))
-    lazy = plan is not None and plan.mode == "lazy"
-    lazy_seconds = 0.0  # encoding inside the loop (a lazy cache): not step time
-    parameter_dtype = next(model.parameters()).dtype
-    observer.on_start(settings.steps, first_step, steps_per_epoch)
-    autocast = _autocast(device, settings.precision)
-    activations = SavedActivationMeter(model)
-    gradients = GradientMeter(model)
-    validation: list[float] = []
-    profiled_step = settings.tensor_peak_step
-    if profiled_step is None:
-        profiled_step = first_step + 1 if first_step + 1 < settings.steps else first_step
-    tensor_peak: dict[str, Any] | None = None
-    model.train()
-    started = time.perf_counter()
-    if time_budget is not None:
-        time_budget.steps_begin()  # the time so far (reading, model, cache) counted toward the budget
-        if lazy:  # the encoding the remaining steps will do, for the total the budget fixes
-            time_budget.future_encodes = lambda next_step: plan.future_encodes(next_step, cache)
-    loss_value = math.nan
-    writes = rank.is_main and save_state  # only rank 0 writes the run folder
-    # The step of the newest checkpoint on disk (every rank tracks it: the divergence line names it).
-    last_checkpoint: int | None = first_step if resume else None
-    with (open(metrics_path, "a", encoding="utf-8") if rank.is_main else open(os.devnull, "w")) as metrics:
-        for step in range(first_step, settings.steps):
-            if step >= settings.steps:  # a time budget fixed the total below the upper bound
-                break
-            encode_seconds, encoded = 0.0, 0
-            if lazy:  # this step's pairs the cache does not hold yet, before (and timed apart from) the step
-                assert plan is not None and cache is not None
-                groups = plan.step_groups(step, cache)
-                if groups:
-                    # On the budget's own clock (wall, or this process's CPU seconds) for the budget.
-                    before = time_budget.clock() if time_budget is not None else 0.0
-                    seconds, encoded = encode_groups(cache, model, method, data, augmenter, groups, device=device,
-                                                     autocast=autocast)
-                    lazy_seconds += seconds
-                    encode_seconds = time_budget.clock() - before if time_budget is not None else seconds
-            step_started = time.perf_counter()
-            torch.manual_seed(_mix(settings.seed, step))  # noise inside methods (Conv-LoRA's gate)
-            # Before the profiled step begins: the last step's gradients are not held between steps.
-            optimizer.zero_grad(set_to_none=True)
-            gradients.gradients_freed()
-            meter: StepTensorPeak | None = None
-            if step == profiled_step and device.type != "cuda":  # on CUDA the peak is tensor bytes already
-                # The embedding cache is not counted: it lives in host memory on every device (the
-                # cached rows a step uses are, as the copies it makes of them), so on a GPU it would
-                # not be in max_memory_allocated either; report.json gives its bytes apart.
-                meter = StepTensorPeak(optimizer_state_bytes(optimizer))
-            with meter or contextlib.nullcontext():
-                loss_total = _step(forward, model, method, data, settings, optimizer, augmenter, cache, autocast,
-                                   activations, device, parameter_dtype, step)
-            if meter is not None:
-                tensor_peak = meter.describe(step + 1)
-            if (time_budget is not None and not time_budget.resolved
-                    and time_budget.step_done(step + 1, encode_seconds=encode_seconds, encoded=encoded) is not None):
-                # Before scheduler.step(): the next step's lr is already the fitted schedule's.
-                settings = replace(settings, steps=time_budget.total_steps, warmup_steps=time_budget.warmup_steps)
-                if hasattr(observer, "on_total_steps"):
-                    observer.on_total_steps(settings.steps)
-            # The one place a diverged run stops: before its metrics line, checkpoint or trained weights.
-            checkpoint_due = save_state and _checkpoint_due(settings, step)
-            failure = _not_finite(loss_total, method, model,
-                                  check_weights=checkpoint_due or step + 1 == settings.steps)
-            if failure is not None:
-                metrics.flush()
-                raise InputError(_diverged_message(step + 1, failure, run_dir, last_checkpoint, settings))
-            scheduler.step()
-            loss_value = loss_total
-            elapsed = time.perf_counter() - step_started
-            lr = optimizer.param_groups[0]["lr"]
-            metrics.write(json.dumps({"step": step + 1, "loss": round(loss_value, 6), "lr": lr,
-                                      "seconds": round(elapsed, 4)}) + "\n")
-            observer.on_step(step + 1, loss_value, lr, slices_per_step / max(elapsed, 1e-9))
-            epoch_done = math.floor((step + 1) / steps_per_epoch) > math.floor(step / steps_per_epoch)
-            if validator is not None and rank.is_main and (epoch_done or step + 1 == settings.steps):
-                dice = validator(model)
-                validation.append(dice)
-                observer.on_validation(len(validation), dice)
-                model.train()
-            if checkpoint_due:
-                if writes:
-                    metrics.flush()
-                    _save_checkpoint(run_dir, step=step + 1, method=method, model=model, optimizer=optimizer,
-                                     scheduler=scheduler)
-                last_checkpoint = step + 1
-    wall = time.perf_counter() - started - lazy_seconds  # the steps' time; the cache's is its build_seconds
-    if writes:
-        _save_checkpoint(run_dir, step=settings.steps, method=method, model=model, optimizer=optimizer,
-                         scheduler=scheduler)
-    gradients.remove()
-    frozen_bytes, trainable_bytes = parameter_bytes(model)
-    trainable, total = count_parameters(model)
-    slices = (settings.steps - first_step) * slices_per_step
-    memory = MemoryBreakdown(frozen_bytes, trainable_bytes, gradients.peak, optimizer_state_bytes(optimizer),
-                             activations.peak)
-    cache_report = None
-    if cache is not None and plan is not None:
-        if plan.read is None:  # lazy: the run's length is known now
-            plan.read = len(distinct_reads(plan.step_reads, first_step, settings.steps, plan.entries))
-        cache_report = {**cache.describe(), "encode": plan.mode, "read": plan.read,
-                        "summary": plan.summary(settings.steps - first_step, slices_per_step, cache.encoded),
-                        "slices_per_second_including_build": slices / max(wall + cache.build_seconds, 1e-9)}
-    peak_memory = peak.describe()
-    if device.type == "cuda":  # max_memory_allocated counts tensor bytes already
-        tensor_peak = {"kind": "cuda max_memory_allocated", "bytes": peak_memory["peak_above_baseline_bytes"],
-                       "measured": True}
-    per_rank = None
-    if rank.distributed:
-        per_rank = {**rank.to_json(), "ranks": distributed.gather_objects(
-            {"rank": rank.rank, "peak_memory": peak_memory, "tensor_peak": tensor_peak})}
-    return TrainResult(settings.steps, first_step, slices, wall, slices / max(wall, 1e-9), loss_value, trainable,
-                       total, memory, peak_memory, validation, cache_report, tensor_peak, per_rank)
-
-
-class _TrainingForward(nn.Module):
-    """Images or cached frozen outputs → logits ``(b, C+1, S/4, S/4)``: the one forward DDP wraps
-    (DDP reduces gradients only of what runs through its own ``forward``)."""
-
-    def __init__(self, model: nn.Module, method: TuningMethod) -> None:
-        super().__init__()
-        self.model = model
-        self.method = method
-
-    def forward(self, images: torch.Tensor | None, cached_output: torch.Tensor | None) -> torch.Tensor:
-        if cached_output is not None:
-            return self.method.forward_from_frozen(self.model, cached_output, images)
-        assert images is not None
-        return _forward(self.model, self.method, images)
-
-
-def _distribute(forward: _TrainingForward, optimizer: torch.optim.Optimizer, layerwise: bool,
-                device: torch.device) -> nn.Module:
-    """The step's forward under torchrun: DDP, or, for a layer-wise optimizer, the bare forward
-    with each gradient averaged over the ranks inside the optimizer's hook before its update."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    if layerwise:
-        # DDP's constructor broadcasts rank 0's weights; without DDP, do the same by hand.
-        with torch.no_grad():
-            for parameter in forward.parameters():
-                torch.distributed.broadcast(parameter.data, src=0)
-        optimizer.reduce_gradient = distributed.average_gradient_  # type: ignore[attr-defined]
-        return forward
-    # broadcast_buffers off: the only buffers training changes are BatchNorm statistics, which
-    # CrossRankBatchNorm2d keeps equal on every rank; find_unused_parameters because a method may
-    # leave trainable parts out of a step (the prompt encoder's unused embeddings, Conv-LoRA's experts).
-    return DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False, find_unused_parameters=True)
 
 
 def _step(forward: nn.Module, model: nn.Module, method: TuningMethod, data: TrainingSlices, settings: LoopSettings,
           optimizer: torch.optim.Optimizer, augmenter: Augmenter, cache: EmbeddingCache | None,
-          autocast: contextlib.AbstractContextManager[Any], activations: SavedActivationMeter,
+          autocast: contextlib.AbstractContextManager[Any], meters: MemoryMeters,
           device: torch.device, parameter_dtype: torch.dtype, step: int) -> float:
     """One optimizer step (``grad_accum`` forward/backward passes, then ``optimizer.step()``); its mean loss
     (over all ranks: the single-process loss of the global batch)."""
@@ -396,14 +436,14 @@ def _step(forward: nn.Module, model: nn.Module, method: TuningMethod, data: Trai
     share = rank.shard(settings.batch_size)
     loss_total = 0.0
     for micro in range(settings.grad_accum):
-        samples = _samples(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)[share]
+        samples = batch_samples(len(data), settings.seed, step, micro, settings.batch_size, settings.grad_accum)[share]
         cached_output: torch.Tensor | None = None
         if cache is None:
             images, labels = augmenter(*data.batch([position for _, position in samples]),
                                        step=step * settings.grad_accum + micro, first_position=share.start)
         else:
             cached_output, images, labels = cache.batch(
-                [(position, _view(len(data), cache.views, settings.seed, epoch, position))
+                [(position, cached_view(len(data), cache.views, settings.seed, epoch, position))
                  for epoch, position in samples])
             cached_output = cached_output.to(device=device, dtype=parameter_dtype) if cached_output is not None else None
         images = images.to(device) if images is not None else None
@@ -412,7 +452,7 @@ def _step(forward: nn.Module, model: nn.Module, method: TuningMethod, data: Trai
         last = micro == settings.grad_accum - 1
         sync = forward.no_sync() if hasattr(forward, "no_sync") and not last else contextlib.nullcontext()
         with sync:
-            with autocast, activations.measure():
+            with autocast, meters.measure_saved():
                 logits = forward(images, cached_output)
                 loss = segmentation_loss(logits, labels)
                 auxiliary = method.auxiliary_loss(model)
@@ -422,109 +462,3 @@ def _step(forward: nn.Module, model: nn.Module, method: TuningMethod, data: Trai
         loss_total += loss.item() / settings.grad_accum
     optimizer.step()
     return distributed.mean_over_ranks(loss_total)
-
-
-def _forward(model: nn.Module, method: TuningMethod, images: torch.Tensor) -> torch.Tensor:
-    """Logits ``(B, C+1, S/4, S/4)``; a frozen encoder runs without building a graph."""
-    if method.encoder_frozen:
-        with torch.no_grad():
-            embeddings = model.encode(images)
-        return model.decode(embeddings)
-    return model(images)
-
-
-def _checkpoint_due(settings: LoopSettings, step: int) -> bool:
-    """Whether a resumable checkpoint follows the 0-based ``step`` (the last step's is written after
-    the loop): after the run's first step, so a run killed early can still be resumed, then every
-    ``checkpoint_every`` steps; never with ``checkpoint_every`` 0 (only at the end)."""
-    done = step + 1
-    return bool(settings.checkpoint_every) and done < settings.steps and (
-        done == 1 or done % settings.checkpoint_every == 0)
-
-
-def _not_finite(loss: float, method: TuningMethod, model: nn.Module, *, check_weights: bool) -> str | None:
-    """What is not finite after a step, or ``None``: the loss (every step), and, where the step's
-    weights are about to be written (``check_weights``), the tensors the method trained (a finite
-    loss can still come with an overflowing update)."""
-    if not math.isfinite(loss):
-        return f"loss is {loss}"
-    if check_weights:
-        bad = [name for name, tensor in method.trained_state(model).items()
-               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-        if bad:
-            return f"loss is {loss:.4g} but {len(bad)} trained tensor(s) are not finite ({bad[0]}, ...)"
-    return None
-
-
-def _diverged_message(step: int, failure: str, run_dir: Path, last_checkpoint: int | None,
-                      settings: LoopSettings) -> str:
-    """The one line a diverged run stops with: the step, what went wrong, what is kept, what to try."""
-    kept = (f"the last good checkpoint is at step {last_checkpoint} in {run_dir / CHECKPOINT_DIR}"
-            if last_checkpoint is not None else "no checkpoint was written")
-    rates = f"{settings.lr:g}" + (f", decoder {settings.decoder_lr:g}" if settings.decoder_lr is not None else "")
-    return f"step {step}: {failure}; {kept}; lower --lr / --decoder-lr (this run: {rates}) and start again with --force"
-
-
-def _samples(count: int, seed: int, step: int, micro: int, batch_size: int,
-             grad_accum: int) -> list[tuple[int, int]]:
-    """``(epoch, slice position)`` of each sample of one micro-batch: a fresh permutation of all
-    slices every epoch (the epoch also picks the cached view, :func:`view_schedule`)."""
-    first = (step * grad_accum + micro) * batch_size
-    samples = []
-    for sample in range(first, first + batch_size):
-        epoch, offset = divmod(sample, count)
-        samples.append((epoch, int(_epoch_order(count, seed, epoch)[offset])))
-    return samples
-
-
-def _view(count: int, views: int, seed: int, epoch: int, position: int) -> int:
-    """The cached view slice ``position`` is trained on in ``epoch``."""
-    return int(view_schedule(count, views, seed, epoch)[position])
-
-
-def _step_pairs(count: int, views: int, settings: LoopSettings, step: int) -> list[list[Pair]]:
-    """The (slice, view) pairs each micro-batch of ``step`` reads from the cache (the global batch)."""
-    return [[(position, _view(count, views, settings.seed, epoch, position))
-             for epoch, position in _samples(count, settings.seed, step, micro, settings.batch_size,
-                                              settings.grad_accum)]
-            for micro in range(settings.grad_accum)]
-
-
-_ORDER_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
-
-
-def _epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
-    key = (count, seed, epoch)
-    if key not in _ORDER_CACHE:
-        if len(_ORDER_CACHE) > 8:
-            _ORDER_CACHE.clear()
-        _ORDER_CACHE[key] = np.random.default_rng([seed, epoch]).permutation(count)
-    return _ORDER_CACHE[key]
-
-
-def _mix(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + 1) % (2**63)
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _save_checkpoint(run_dir: Path, **state: Any) -> None:
-    """:func:`save_training_state`, with a failed write (disk full, read-only) as one line naming the
-    checkpoint folder (:func:`medsaga.io.atomic.write_errors`). The checkpoint is swapped in by
-    renames, so the previous one stays whole; the scratch folder left behind is never read and is
-    cleared by the next save."""
-    with write_errors(run_dir / CHECKPOINT_DIR):
-        save_training_state(run_dir, **state)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines an interrupted run wrote after its last checkpoint (they will be redone)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-            and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""The resumable training checkpoint: tensors in safetensors, everything else in JSON.
+"""The resumable training checkpoint: tensors in safetensors, everything else in JSON; when the
+loop writes one, and what a run that diverged keeps.
 
 ``RUN_DIR/checkpoint/`` holds ``state.safetensors`` (what the method trained, and the optimizer's
 tensors) and ``state.json`` (step, optimizer scalars and param groups, scheduler). A new
@@ -10,6 +11,7 @@ until the swap is done). Nothing is unpickled on load.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from medsaga.errors import InputError
+from medsaga.io.atomic import write_errors
 from medsaga.methods.base import TuningMethod
 
 CHECKPOINT_DIR = "checkpoint"
@@ -159,3 +162,53 @@ def load_training_state(run_dir: Path, *, method: TuningMethod, model: nn.Module
         raise InputError(f"the optimizer state does not fit this run ({type(error).__name__}: {error})",
                          folder) from None
     return int(document["step"])
+
+
+def checkpoint_due(settings: Any, step: int) -> bool:
+    """Whether a resumable checkpoint follows the 0-based ``step`` (the last step's is written after
+    the loop): after the run's first step, so a run killed early can still be resumed, then every
+    ``checkpoint_every`` steps; never with ``checkpoint_every`` 0 (only at the end). ``settings``:
+    the run's :class:`~medsaga.train.loop.LoopSettings`."""
+    done = step + 1
+    return bool(settings.checkpoint_every) and done < settings.steps and (
+        done == 1 or done % settings.checkpoint_every == 0)
+
+
+def save_checkpoint(run_dir: Path, **state: Any) -> None:
+    """:func:`save_training_state`, with a failed write (disk full, read-only) as one line naming the
+    checkpoint folder (:func:`medsaga.io.atomic.write_errors`). The checkpoint is swapped in by
+    renames, so the previous one stays whole; the scratch folder left behind is never read and is
+    cleared by the next save."""
+    with write_errors(run_dir / CHECKPOINT_DIR):
+        save_training_state(run_dir, **state)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines an interrupted run wrote after its last checkpoint (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def not_finite(loss: float, method: TuningMethod, model: nn.Module, *, check_weights: bool) -> str | None:
+    """What is not finite after a step, or ``None``: the loss (every step), and, where the step's
+    weights are about to be written (``check_weights``), the tensors the method trained (a finite
+    loss can still come with an overflowing update)."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if check_weights:
+        bad = [name for name, tensor in method.trained_state(model).items()
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if bad:
+            return f"loss is {loss:.4g} but {len(bad)} trained tensor(s) are not finite ({bad[0]}, ...)"
+    return None
+
+
+def diverged_message(step: int, failure: str, run_dir: Path, last_checkpoint: int | None, settings: Any) -> str:
+    """The one line a diverged run stops with: the step, what went wrong, what is kept, what to try."""
+    kept = (f"the last good checkpoint is at step {last_checkpoint} in {run_dir / CHECKPOINT_DIR}"
+            if last_checkpoint is not None else "no checkpoint was written")
+    rates = f"{settings.lr:g}" + (f", decoder {settings.decoder_lr:g}" if settings.decoder_lr is not None else "")
+    return f"step {step}: {failure}; {kept}; lower --lr / --decoder-lr (this run: {rates}) and start again with --force"
