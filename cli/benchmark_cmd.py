@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cli.console import stderr_console, stdout_console
+from cli.options import ARCHITECTURE_DEFAULT, DEFAULT_DEVICE, Architecture, BatchSize, Command, Device, Force, \
+    Seed, library_default
 from medsaga.errors import InputError
 
 # No square brackets: Typer renders help through rich, which would read "[@FLAG]" as markup.
@@ -25,31 +27,34 @@ lora,lora@padded; galore@speed:rank=4,decoder. Plain
 'full', the reference for the ratios, is added if absent."""
 
 
+SHORT_HELP = "Memory and speed of the tuning methods, side by side."
+
+
 def register(app: typer.Typer) -> None:
-    app.command("benchmark")(benchmark)
+    app.command("benchmark", cls=Command, short_help=SHORT_HELP)(benchmark)
 
 
 def benchmark(
     data_dir: Path = typer.Argument(..., help="Dataset folder (as for finetune); a couple of its labelled cases "
                                               "give the slices."),
     out: Path | None = typer.Option(None, "--out", help="Folder for benchmark.json, benchmark.md and benchmark.png."),
-    model: str = typer.Option("vit_b", "--model", help="Model type: tiny, vit_b, vit_l, vit_h (random weights)."),
-    image_size: int = typer.Option(256, "--image-size", help="Model input size, a multiple of 16 (256, 512, 1024)."),
-    batch_size: int = typer.Option(2, "--batch-size", "-b", help="Slices per training step and inference batch."),
+    model: Architecture = ARCHITECTURE_DEFAULT,
+    image_size: int = typer.Option(library_default("medsaga.benchmark.run", "BenchmarkOptions.image_size"),
+                                   "--image-size", help="Model input size, a multiple of 16 (256, 512, 1024)."),
+    batch_size: BatchSize = library_default("medsaga.benchmark.run", "BenchmarkOptions.batch_size"),
     methods: str = typer.Option("all", "--methods", "-m", help=METHODS_HELP),
     steps: int = typer.Option(5, "--steps", help="Timed training steps (and inference batches) per entry, after "
                                                  "one warm-up step."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: Device = DEFAULT_DEVICE,
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast for every entry (as @bf16 on each)."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing",
                                                   help="Recompute encoder blocks in backward for every entry "
                                                        "(as @ckpt on each)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the cases, the model's random weights, batches and "
-                                               "augmentation."),
+    seed: Seed = 0,
     threads: int | None = typer.Option(None, "--threads", help="CPU threads per worker (default: torch's, one per "
                                                                "core). On a busy shared CPU, 1 avoids thread "
                                                                "contention."),
-    force: bool = typer.Option(False, "--force", help="Replace the outputs of an earlier benchmark in --out."),
+    force: Force = False,
 ) -> None:
     """Peak memory, memory breakdown and throughput of tuning methods, each in a fresh process.
 
@@ -83,9 +88,7 @@ class _Reporter:
     """Progress on stderr: a line per entry, a live elapsed-time status while it runs."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.console = stderr_console()
         self.status = None
         self.started = 0.0
 
@@ -119,7 +122,6 @@ class _Reporter:
 
 
 def _print_table(document: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from medsaga.benchmark.report import caption, device_text, table_columns
@@ -133,7 +135,7 @@ def _print_table(document: dict[str, Any], out: Path) -> None:
         table.add_column(header, justify="left" if index == 0 else "right", no_wrap=index == 0)
     for entry in document["entries"]:
         table.add_row(*(cell(entry) for _, cell in columns))
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = stdout_console()
     console.print(table)
     for entry in document["entries"]:
         if entry.get("status") != "ok":

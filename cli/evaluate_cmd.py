@@ -4,27 +4,27 @@ and the report page (OUT/report.html)."""
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from cli.console import ProgressBars, stderr_console, stdout_console
+from cli.options import Command, Force, library_default
 from medsaga.errors import InputError
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import TaskID
     from rich.table import Table
 
-    from medsaga.evaluate import EvalClass, Evaluation, Matching
+    from medsaga.evaluate import Evaluation, Matching
 
-OVERLAY_FOLDER = "overlays"
+SHORT_HELP = "Dice, HD95 and NSD of label maps against reference ones."
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate)
+    app.command("evaluate", cls=Command, short_help=SHORT_HELP)(evaluate)
 
 
 def evaluate(
@@ -34,7 +34,8 @@ def evaluate(
     labels: Path | None = typer.Option(None, "--labels", help="Classes and their names: a dataset.json, or a "
                                                               "RUN_DIR (its config.json). Default: the reference "
                                                               "dataset's dataset.json, else the values found."),
-    tolerance: float = typer.Option(2.0, "--tolerance", help="NSD tolerance in mm."),
+    tolerance: float = typer.Option(library_default("medsaga.evaluate.run", "DEFAULT_TOLERANCE_MM"), "--tolerance",
+                                    help="NSD tolerance in mm."),
     out: Path | None = typer.Option(None, "--out", help="Folder for metrics.csv, metrics.json, report.html and "
                                                         "overlays/."),
     overlay: bool = typer.Option(False, "--overlay", help="Write PNG overlays of a few axial slices per case "
@@ -48,14 +49,13 @@ def evaluate(
                                                               "or a folder matched by case id (CASE or CASE_0000). "
                                                               "The report's default: the ground-truth dataset's "
                                                               "own images, when it has them."),
-    intensity: str | None = typer.Option(None, "--intensity", help="Overlay window: ct-abdomen, ct-soft-tissue, "
-                                                                   "ct-bone, ct-lung, mr (default: from the "
+    intensity: str | None = typer.Option(None, "--intensity", help="Overlay window: {presets} (default: from the "
                                                                    "dataset's channel name, else percentiles)."),
     slices: int = typer.Option(3, "--slices", help="Axial slices per overlay picture."),
     per_case: bool = typer.Option(True, "--per-case/--no-per-case", help="Print the per-case table, not only "
                                                                          "the means."),
     strict: bool = typer.Option(False, "--strict", help="Every ground-truth case must have a prediction."),
-    force: bool = typer.Option(False, "--force", help="Replace metrics and overlays already in --out."),
+    force: Force = False,
 ) -> None:
     """Compare predicted label maps with reference label maps.
 
@@ -70,6 +70,8 @@ def evaluate(
     holds the class, HD95 over the cases where both do; the rest are counted.
     """
     from medsaga.evaluate import evaluate as run_evaluation, match_cases, match_images
+    from medsaga.evaluate.outputs import check_outputs, planned_outputs
+    from medsaga.evaluate.overlay import OVERLAY_FOLDER, OverlayWriter, overlay_legend, overlay_preset
 
     if report is None:
         report = out is not None
@@ -79,19 +81,19 @@ def evaluate(
     report_images, images_note = _report_images(images, image_paths, ground_truth, matching) if report else ({}, "")
     if report and images is None:
         image_json = _dataset_images_json(ground_truth)
-    preset = _overlay_preset(intensity, [image_json, labels, matching.dataset_json]) if overlay or report else None
-    outputs = _planned_outputs(out, [p.case_id for p in matching.pairs] if overlay else [], report)
-    _check_outputs(outputs, force, [prediction, ground_truth, labels, images])
+    preset = overlay_preset(intensity, [image_json, labels, matching.dataset_json]) if overlay or report else None
+    outputs = planned_outputs(out, [p.case_id for p in matching.pairs] if overlay else [], report)
+    check_outputs(outputs, force, [prediction, ground_truth, labels, images])
     if strict and matching.references_without_prediction:
         missing = matching.references_without_prediction
         raise InputError(f"--strict: {len(missing)} ground-truth case(s) have no prediction: {_some(missing)}",
                          prediction)
-    errors = _stderr()
+    errors = stderr_console()
 
-    callbacks = []
+    callbacks: list[Callable[..., None]] = []
     if overlay:
         assert out is not None
-        callbacks.append(_overlay_writer(out / OVERLAY_FOLDER, image_paths, preset, slices, matching))
+        callbacks.append(OverlayWriter(out / OVERLAY_FOLDER, image_paths, preset, slices, matching))
     collector = None
     if report:
         from medsaga.report import OverlayCollector
@@ -100,24 +102,26 @@ def evaluate(
         callbacks.append(collector)
     # Unmatched cases are listed once every pair is checked: before the long part, yet after any
     # input error, which then stays the only line on stderr.
-    with _progress(lambda console: _report_unmatched(matching, prediction, ground_truth, console)) as progress:
+    with ProgressBars(errors) as bars:
         evaluation = run_evaluation(prediction, ground_truth, labels=labels, tolerance_mm=tolerance,
-                                    images=image_paths or None, progress=progress,
+                                    images=image_paths or None,
+                                    progress=_progress(bars, lambda: _report_unmatched(matching, prediction,
+                                                                                        ground_truth, errors)),
                                     on_case=_each(callbacks) if callbacks else None)
 
-    console = _stdout_console()
+    console = stdout_console()
     if per_case:
         console.print(_case_table(evaluation))
     console.print(_mean_table(evaluation))
     if out is not None:
         from medsaga.evaluate.outputs import write_outputs
 
-        extra = {"overlays": _legend(evaluation)} if overlay else None
+        extra = {"overlays": overlay_legend(evaluation)} if overlay else None
         csv_path, json_path = write_outputs(out, evaluation, prediction, ground_truth, extra)
         errors.print(f"wrote {csv_path} and {json_path}", markup=False)
         if overlay:
             errors.print(f"wrote {len(evaluation.cases)} overlay(s) to {out / OVERLAY_FOLDER}: fill = prediction, "
-                         f"outline = ground truth; {_legend(evaluation, 12)['colours']}", markup=False)
+                         f"outline = ground truth; {overlay_legend(evaluation, 12)['colours']}", markup=False)
         if collector is not None:
             import json
 
@@ -155,52 +159,6 @@ def _report_unmatched(matching: "Matching", prediction: Path, ground_truth: Path
             errors.print(f"warning: {len(ids)} {what}, not evaluated: {_some(ids)}", markup=False)
 
 
-def _overlay_preset(explicit: str | None, candidates: list[Path | None]) -> str | None:
-    """The intensity preset for overlays: --intensity, else from the first channel name found in
-    ``candidates`` (dataset.json files, a RUN_DIR or its config.json); ``None`` when neither
-    decides (then each image's DICOM modality does, else per-volume percentiles)."""
-    from medsaga.data.intensity import choose_preset
-
-    if explicit is not None:
-        return choose_preset(None, explicit).name  # validates the name before any work
-    channel = next((name for name in map(_channel_name, candidates) if name is not None), None)
-    return choose_preset(channel).name if channel is not None else None
-
-
-def _channel_name(path: Path | None) -> str | None:
-    """Channel 0's name in a dataset.json (``channel_names``/``modality``) or a run's config.json."""
-    import json
-
-    if path is not None and path.is_dir():
-        path = next((path / n for n in ("config.json", "dataset.json") if (path / n).is_file()), None)
-    if path is None or not path.is_file():
-        return None
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # only a picture's window depends on it: fall back to percentiles
-    if not isinstance(spec, dict):
-        return None
-    run_dataset = spec.get("dataset")  # a run's config.json: "dataset": {"channel_names": ["CT"]}
-    names = spec.get("channel_names") or spec.get("modality") or \
-        (run_dataset.get("channel_names") if isinstance(run_dataset, dict) else None)
-    if isinstance(names, dict) and "0" in names:
-        return str(names["0"])
-    if isinstance(names, list) and names:
-        return str(names[0])
-    return None
-
-
-def _planned_outputs(out: Path | None, overlay_cases: list[str], report: bool = False) -> list[Path]:
-    if out is None:
-        return []
-    from medsaga.evaluate.outputs import CSV_NAME, JSON_NAME
-    from medsaga.report import REPORT_NAME
-
-    return [out / CSV_NAME, out / JSON_NAME] + ([out / REPORT_NAME] if report else []) + \
-        [out / OVERLAY_FOLDER / f"{case}.png" for case in overlay_cases]
-
-
 def _report_images(images: Path | None, checked: dict[str, Path], ground_truth: Path,
                    matching: "Matching") -> tuple[dict[str, Path], str]:
     """The images the report draws on, and a sentence saying which: ``--images`` (checked with the
@@ -234,104 +192,36 @@ def _each(callbacks: list[Callable[..., None]]) -> Callable[..., None]:
     return call
 
 
-def _check_outputs(outputs: list[Path], force: bool, inputs: list[Path | None]) -> None:
-    """Before any work: never an input as an output; existing outputs only with --force; OUT (and
-    OUT/overlays) writable, so a read-only or full --out stops here, not after every case."""
-    from medsaga.io.paths import ensure_writable_folder
+def _progress(bars: ProgressBars, on_checked: Callable[[], None]) -> Callable[[str, int, int], None]:
+    """The library's progress callback: a bar per stage; ``on_checked()`` once the checking pass is done."""
+    pending = [on_checked]
 
-    for folder in sorted({path.parent for path in outputs}):  # OUT before OUT/overlays
-        ensure_writable_folder(folder, "--out", keep=False)  # created when written: an input error leaves none
-    given = {path.resolve() for path in inputs if path is not None}
-    for path in outputs:
-        if path.resolve() in given:
-            raise InputError("is an input; choose another --out", path)
-        if path.exists() and not force:
-            raise InputError("already exists; pass --force to replace it", path)
+    def progress(stage: str, done: int, total: int) -> None:
+        bars.update(stage, done, total)
+        if stage == "checking" and done == total and pending:
+            pending.pop()()
 
-
-def _overlay_writer(folder: Path, images: dict[str, Path], preset: str | None, slices: int, matching: "Matching"):
-    from medsaga.data.intensity import choose_preset
-    from medsaga.evaluate.overlay import render_overlay
-    from medsaga.evaluate.run import read_image
-    from medsaga.report.figures import png_bytes
-    from medsaga.io.atomic import atomic_output, write_errors
-
-    pairs = {pair.case_id: pair for pair in matching.pairs}
-
-    def write(result, predicted, truth) -> None:  # type: ignore[no-untyped-def]
-        image = read_image(images[result.case_id], truth, pairs[result.case_id])
-        window = preset or choose_preset(image.source.metadata.get("modality")).name
-        picture = render_overlay(image, predicted, truth, window, slices)
-        with write_errors(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-        with atomic_output(folder / f"{result.case_id}.png") as temporary:
-            temporary.write_bytes(png_bytes(picture))
-
-    return write
-
-
-def _legend(evaluation: "Evaluation", shown: int | None = None) -> dict[str, str]:
-    """Which colour is which class, for the classes held by some case (``shown``: at most that many)."""
-    from medsaga.evaluate.overlay import PALETTE, class_colour_name
-
-    classes = _present_classes(evaluation)
-    words = [f"{_class_label(c)} {class_colour_name(c.value)}" for c in classes]
-    text = ", ".join(words if shown is None else words[:shown])
-    if shown is not None and len(words) > shown:
-        text += f" and {len(words) - shown} more (in metrics.json)"
-    if classes and max(c.value for c in classes) > len(PALETTE):
-        text += f"; colours repeat every {len(PALETTE)} label values"
-    return {"fill": "prediction", "outline": "ground truth", "colours": text}
-
-
-class _progress:
-    """A transient rich progress bar on stderr, fed by the library's progress callback;
-    ``on_checked(console)`` runs once when the checking pass is complete."""
-
-    def __init__(self, on_checked: Callable[["Console"], None]) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=_stderr(), transient=True)
-        self.tasks: dict[str, TaskID] = {}
-        self.on_checked: Callable[["Console"], None] | None = on_checked
-
-    def __enter__(self) -> "_progress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(None, None, None)
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
-        self.bar.update(self.tasks[stage], completed=done)
-        if stage == "checking" and done == total and self.on_checked is not None:
-            self.on_checked(self.bar.console)  # the bar's own console keeps the bar intact
-            self.on_checked = None
-
-
-def _present_classes(evaluation: "Evaluation") -> list["EvalClass"]:
-    """The classes held by some reference or prediction: a class absent from every case (common
-    when a dataset.json declares many) would only add rows of 'both empty' to the tables."""
-    return [s.eval_class for s in evaluation.summaries if s.both_empty < s.cases]
+    return progress
 
 
 def _hidden_note(evaluation: "Evaluation") -> str:
-    hidden = len(evaluation.classes.classes) - len(_present_classes(evaluation))
+    from medsaga.evaluate import present_classes
+
+    hidden = len(evaluation.classes.classes) - len(present_classes(evaluation))
     return f" {hidden} class(es) absent from every case are not shown (they are in the CSV/JSON)." if hidden else ""
 
 
 def _case_table(evaluation: "Evaluation") -> "Table":
     from rich.table import Table
 
+    from medsaga.evaluate import present_classes
+
     table = Table(title=f"per case (NSD at {evaluation.tolerance_mm:g} mm)", caption=_hidden_note(evaluation).strip()
                   or None)
     for name, justify in (("case", "left"), ("class", "left"), ("Dice", "right"), ("HD95 mm", "right"),
                           ("NSD", "right"), ("note", "left")):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    classes = _present_classes(evaluation)
+    classes = present_classes(evaluation)
     for case in evaluation.cases:
         for index, c in enumerate(classes):
             m = case.metrics[c.value]
@@ -342,8 +232,9 @@ def _case_table(evaluation: "Evaluation") -> "Table":
 
 
 def _mean_table(evaluation: "Evaluation") -> "Table":
-    from medsaga.evaluate import mean_over_classes
     from rich.table import Table
+
+    from medsaga.evaluate import mean_over_classes, present_classes
 
     overall = mean_over_classes(evaluation.summaries)
     table = Table(title=f"mean per class over {len(evaluation.cases)} case(s) (NSD at {evaluation.tolerance_mm:g} mm)",
@@ -353,20 +244,14 @@ def _mean_table(evaluation: "Evaluation") -> "Table":
                           f"mm, NSD {_fmt(overall['nsd'], 4)}.{_hidden_note(evaluation)}")
     for name in ("class", "with GT", "Dice", "HD95 mm", "NSD", "missed", "false pos.", "both empty"):
         table.add_column(name, justify="left" if name == "class" else "right", no_wrap=True)
-    present = set(_present_classes(evaluation))
+    present = set(present_classes(evaluation))
     for s in evaluation.summaries:
         if s.eval_class not in present:
             continue
-        table.add_row(_class_label(s.eval_class), str(s.reference_cases), _fmt(s.dice_mean, 4),
+        table.add_row(s.eval_class.label, str(s.reference_cases), _fmt(s.dice_mean, 4),
                       _fmt(s.hd95_mean_mm, 2), _fmt(s.nsd_mean, 4), str(s.missed), str(s.false_positive),
                       str(s.both_empty))
     return table
-
-
-def _class_label(eval_class: "EvalClass") -> str:
-    """``"1 liver"``; just ``"1"`` for a class named by its value."""
-    value = str(eval_class.value)
-    return value if eval_class.name == value else f"{value} {eval_class.name}"
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -375,16 +260,3 @@ def _fmt(value: float, digits: int) -> str:
 
 def _some(ids: tuple[str, ...], shown: int = 10) -> str:
     return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
-
-
-def _stdout_console() -> "Console":
-    from rich.console import Console
-
-    # Redirected to a file or a CI log, rich would assume 80 columns and fold the table.
-    return Console() if sys.stdout.isatty() else Console(width=132)
-
-
-def _stderr() -> "Console":
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)

@@ -8,16 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperCommand
 
+from cli.console import ProgressBars, stderr_console, stdout_console
+from cli.options import DEFAULT_DEVICE, DEFAULT_PRECISION, BatchSize, Checkpoint, Command, Device, Force, ImageSize, \
+    Intensity, Model, Plane, Precision, RandomInit, Seed, library_default
 from medsaga.errors import InputError
+
+SHORT_HELP = "Fine-tune SAM on a few labelled cases (few-shot)."
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune", cls=_MethodsEpilogCommand)(finetune)
+    app.command("finetune", cls=_MethodsEpilogCommand, short_help=SHORT_HELP)(finetune)
 
 
-class _MethodsEpilogCommand(TyperCommand):
+class _MethodsEpilogCommand(Command):
     """Builds the methods epilog only when ``finetune --help`` shows it: listing the methods imports
     torch, which would otherwise slow down every ``medsaga`` call by seconds."""
 
@@ -41,19 +45,12 @@ def finetune(
     method: str = typer.Option("galore", "--method", "-m", help="Tuning method (see the list below)."),
     method_option: list[str] = typer.Option([], "--method-option", "-o",
                                             help="A method option as KEY=VALUE, repeatable (e.g. -o rank=4)."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="SAM or MedSAM weights (.pth); "
-                                                                            "see 'medsaga weights'."),
-    model: str | None = typer.Option(None, "--model", help="Model type: litemedsam (the default: the installed "
-                                                           "LiteMedSAM weights, no --checkpoint needed), vit_b, vit_l, vit_h, "
-                                                           "tiny. A ViT without --checkpoint: random weights "
-                                                           "(tests, benchmarks)."),
-    random_init: bool = typer.Option(False, "--random-init", help="Random weights of the --model architecture "
-                                                                  "(litemedsam included): a baseline, not for "
-                                                                  "real segmentation."),
+    checkpoint: Checkpoint = None,
+    model: Model = None,
+    random_init: RandomInit = False,
     out: Path | None = typer.Option(None, "--out", help="Run folder to create (RUN_DIR; default: a new "
                                                         "runs/<dataset>-<method>-k<K>, then -2, -3...)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Model input size, a multiple of 16 (default: "
-                                                                     "256 for litemedsam, 512 for the ViTs)."),
+    image_size: ImageSize = None,
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the training slices (default 10)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (instead of --epochs)."),
     time_budget: str | None = typer.Option(None, "--time-budget", help="Train for this wall-clock time instead "
@@ -71,7 +68,7 @@ def finetune(
              "frozen encoder's cached embeddings, before the method trains the encoder too (0 to 1, not 1; "
              "0: none). Default: 0.5 for a method that trains the encoder, in a --time-budget run or one of "
              "at least 100 steps; none otherwise."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per forward pass."),
+    batch_size: BatchSize = library_default("medsaga.train.options", "FinetuneOptions.batch_size"),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Forward/backward passes per optimizer step."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the method's, below; "
                                                        "at most 1e-3 on litemedsam)."),
@@ -79,9 +76,9 @@ def finetune(
                                                                        "(default: --lr's; 1e-3 on litemedsam)."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0.1)."),
     warmup: float = typer.Option(0.05, "--warmup", help="Fraction of the steps spent in linear warm-up."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the shots, slice order, augmentation and initialisation."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA that supports it), fp32, bf16."),
+    seed: Seed = 0,
+    device: Device = DEFAULT_DEVICE,
+    precision: Precision = DEFAULT_PRECISION,
     activation_checkpointing: bool | None = typer.Option(
         None, "--activation-checkpointing/--no-activation-checkpointing",
         help="Recompute encoder blocks in backward: less memory, more time (default: on where the encoder "
@@ -89,12 +86,10 @@ def finetune(
     speed: bool = typer.Option(False, "--speed", help="Trade memory for time: without the lean defaults "
                                                       "(layer-wise GaLore, activation checkpointing, the embedding "
                                                       "cache on short runs). For big GPUs; see 'medsaga plan'."),
-    plane: str = typer.Option("axial", "--plane", help="Slicing plane: axial, coronal, sagittal."),
+    plane: Plane = library_default("medsaga.train.options", "FinetuneOptions.plane"),
     slice_mode: str | None = typer.Option(None, "--slice-mode", help="repeat, neighbours (2.5-D) or modalities "
                                                                      "(default: repeat for one channel)."),
-    intensity: str | None = typer.Option(None, "--intensity", help="Intensity preset: ct-abdomen, ct-soft-tissue, "
-                                                                   "ct-bone, ct-lung, mr (default: from the "
-                                                                   "channel name)."),
+    intensity: Intensity = None,
     empty_ratio: float = typer.Option(0.25, "--empty-ratio", help="Empty slices kept per slice with foreground."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, small rotations and scales, "
                                                                       "intensity jitter."),
@@ -127,7 +122,7 @@ def finetune(
                                                                      "plan is printed anyway."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this RUN_DIR from its last "
                                                               "checkpoint."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
+    force: Force = False,
     nproc: int = typer.Option(1, "--nproc", help="Train with this many processes on this machine (one per GPU, "
                                                  "or CPU processes): launches torchrun. --batch-size is the "
                                                  "global batch, split between them. For several machines run "
@@ -267,16 +262,16 @@ def _first_line(text: str | None) -> str:
 
 
 class _Reporter:
-    """Rich progress on stderr: loading cases, then training (step, loss, lr, slices/s)."""
+    """Rich progress on stderr: loading cases, building the cache, then training (step, loss, lr,
+    slices/s). Reading and caching bars are transient: a bad case leaves its one error line only."""
 
     def __init__(self, preamble: list[str] | None = None) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.progress = None
-        self.task = None
-        self.reading = None
-        self.caching = None
+        self.console = stderr_console()
+        self.reading = ProgressBars(self.console)
+        self.caching = ProgressBars(self.console)
+        self.training = ProgressBars(self.console, transient=False, remaining=True,
+                                     detail="loss {task.fields[loss]}  lr {task.fields[lr]}  "
+                                            "{task.fields[speed]} slices/s")
         self.preamble = list(preamble or [])  # printed before the first message (the checks have passed)
 
     def info(self, message: str) -> None:
@@ -289,79 +284,48 @@ class _Reporter:
         self.preamble = []
 
     def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
-        # Transient: gone once the cases are read, so that a bad case leaves one error line only.
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        if self.reading is None:
-            self.reading = Progress(TextColumn("reading and checking cases"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.description}"), console=self.console, transient=True,
-                                    disable=not self.console.is_terminal)
-            self.reading.start()
-            self.reading_task = self.reading.add_task("", total=total)
-        self.reading.update(self.reading_task, completed=done, description=case_id)
+        self.reading.update("cases", done, total, f"reading and checking cases {case_id}")
         if done == total:
-            self.reading.stop()
+            self.reading.close()
 
     def on_cache_progress(self, done: int, total: int) -> None:
-        # Transient, as the case reading: the info line before it says what is being built.
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        if self.caching is None:
-            self.caching = Progress(TextColumn("building the embedding cache"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), console=self.console, transient=True,
-                                    disable=not self.console.is_terminal)
-            self.caching.start()
-            self.caching_task = self.caching.add_task("", total=total)
-        self.caching.update(self.caching_task, completed=done)
+        # The info line before it says what is being built.
+        self.caching.update("cache", done, total, "building the embedding cache")
         if done == total:
-            self.caching.stop()
+            self.caching.close()
 
     def close(self) -> None:
         """Stop whatever display is still live (after an error, say)."""
-        for display in (self.reading, self.caching, self.progress):
-            if display is not None:
-                display.stop()
+        for bars in (self.reading, self.caching, self.training):
+            bars.close()
 
     def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
         self._flush_preamble()
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
         self.steps_per_epoch = steps_per_epoch
-        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  "
-                                            "{task.fields[speed]} slices/s"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
-                                 disable=not self.console.is_terminal)
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=total_steps, completed=first_step, epoch=1, loss="-",
-                                           lr="-", speed="-")
+        self.training.update("train", first_step, total_steps, "epoch 1", loss="-", lr="-", speed="-")
 
     def on_total_steps(self, total_steps: int) -> None:
         """A --time-budget run's total, once its first steps are timed."""
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, total=total_steps)
+        if self.training.total("train") is not None:
+            self.training.update("train", None, total_steps)
 
     def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
-        assert self.progress is not None and self.task is not None
         epoch = int((step - 1) // self.steps_per_epoch) + 1
-        total = self.progress.tasks[0].total or step
-        self.progress.update(self.task, completed=step, epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+        total = self.training.total("train") or step
+        self.training.update("train", step, None, f"epoch {epoch}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                              speed=f"{slices_per_second:.1f}")
-        if not self.console.is_terminal and (step == total or step % max(1, round(total / 10)) == 0):
+        if not self.training.shown and (step == total or step % max(1, round(total / 10)) == 0):
             # A log file gets a line every tenth of the run instead of a live bar.
             self.console.print(f"step {step}/{total:.0f} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
                                f"{slices_per_second:.1f} slices/s", markup=False)
         if step == total:
-            self.progress.stop()
+            self.training.close()
 
     def on_validation(self, epoch: int, mean_dice: float) -> None:
-        target = self.progress.console if self.progress is not None else self.console
-        target.print(f"  validation after epoch {epoch}: mean Dice {mean_dice:.4f}", markup=False)
+        self.console.print(f"  validation after epoch {epoch}: mean Dice {mean_dice:.4f}", markup=False)
 
 
 def _print_report(report: dict[str, Any], run_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     memory = report["memory"]
@@ -410,7 +374,7 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
         rows.append(("report page", str(run_dir / "report.html")))
     for what, value in rows:
         table.add_row(what, value)
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    stdout_console().print(table)
 
 
 def _profile_text(profile: dict[str, Any] | None) -> str:

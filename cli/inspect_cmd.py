@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from cli.console import ProgressBars, stderr_console, stdout_console
+from cli.options import Command, Series
 from medsaga.errors import InputError
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from rich.table import Table
 
     from medsaga.data.checks import CaseSummary
     from medsaga.data.dataset import Dataset
 
 
+SHORT_HELP = "Describe a dataset or a scan, and what is wrong with it."
+
+
 def register(app: typer.Typer) -> None:
-    app.command("inspect")(inspect)
+    app.command("inspect", cls=Command, short_help=SHORT_HELP)(inspect)
 
 
 def inspect(
     path: Path = typer.Argument(..., help="A dataset folder (nnU-Net v2 / MSD layout or image/label pairs), "
                                           "or one scan: a NIfTI/NRRD/MHA file, a DICOM series folder, a DICOM-SEG."),
-    series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to read when a DICOM folder "
-                                                             "holds several series."),
+    series: Series = None,
 ) -> None:
     """Describe a dataset or a single scan.
 
@@ -57,7 +59,6 @@ def _is_single_scan(path: Path) -> bool:
 
 
 def _inspect_scan(path: Path, series: str | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from medsaga.data.checks import label_counts
@@ -89,35 +90,25 @@ def _inspect_scan(path: Path, series: str | None) -> None:
             rows.append(("voxels per value", ", ".join(f"{v}: {c:,}" for v, c in counts.items())))
     for field, text in rows:
         table.add_row(field, text)
-    _stdout_console().print(table)
-
-
-def _stdout_console() -> "Console":
-    from rich.console import Console
-
-    # Redirected to a file or a CI log, rich would assume 80 columns and fold the table.
-    return Console() if sys.stdout.isatty() else Console(width=132)
+    stdout_console().print(table)
 
 
 def _inspect_dataset(data_dir: Path) -> None:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from medsaga.data.checks import summarize_case
     from medsaga.data.dataset import discover_dataset
 
     dataset = discover_dataset(data_dir)
-    console = _stdout_console()
-    error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = stdout_console()
+    error_console = stderr_console()
     # Files discovery left out (broken links, labels without images): named, one line each.
     for warning in dataset.warnings:
         error_console.print(f"warning: {warning}", markup=False)
     summaries: list[CaseSummary] = []
-    with Progress(TextColumn("reading {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(dataset.name, total=len(dataset.cases))
-        for files in dataset.cases:
+    with ProgressBars(error_console) as bars:
+        for done, files in enumerate(dataset.cases):
+            bars.update("cases", done, len(dataset.cases), f"reading {dataset.name}")
             summaries.append(summarize_case(dataset, files))
-            progress.advance(task)
+        bars.update("cases", len(dataset.cases), len(dataset.cases))
 
     console.print(_case_table(dataset, summaries))
     problems = [problem for summary in summaries for problem in summary.problems]

@@ -1,7 +1,10 @@
 """The ``medsaga`` Typer app.
 
-Commands stay thin: parse options, call the library, render with rich. Heavy imports (torch,
-nibabel, SimpleITK) happen inside the commands so that ``medsaga --help`` is instant.
+Commands stay thin: parse options, call the library, render with rich. The options several commands
+take are declared once (:mod:`cli.options`: flag, help and default, the library's part filled in
+from the library); consoles and progress bars come from :mod:`cli.console`. Each command gives a
+one-line ``short_help`` for ``medsaga --help``; its docstring is its own ``--help``. Heavy imports
+(torch, nibabel, SimpleITK) happen inside the commands so that ``medsaga --help`` is instant.
 User errors (:class:`medsaga.errors.InputError`) become one line on stderr and exit code 2.
 """
 

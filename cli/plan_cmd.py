@@ -3,37 +3,38 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cli.console import stderr_console, stdout_console
+from cli.options import ARCHITECTURE_DEFAULT, DEFAULT_DEVICE, Architecture, BatchSize, Command, Device, ImageSize, \
+    library_default
 from medsaga.errors import InputError
+
+SHORT_HELP = "Will each method fit in GPU memory? Predicted before training."
 
 
 def register(app: typer.Typer) -> None:
-    app.command("plan")(plan)
+    app.command("plan", cls=Command, short_help=SHORT_HELP)(plan)
 
 
 def plan(
     data_dir: Path = typer.Argument(..., help="Dataset folder (as for finetune): its classes size the mask decoder."),
-    model: str = typer.Option("vit_b", "--model", help="Model type: litemedsam, vit_b, vit_l, vit_h, tiny."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Training input size (default: the "
-                                                                     "model's, as finetune's)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Slices per step to plan for (finetune's default)."),
+    model: Architecture = ARCHITECTURE_DEFAULT,
+    image_size: ImageSize = None,
+    batch_size: BatchSize = library_default("medsaga.train.options", "FinetuneOptions.batch_size"),
     gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="The GPU's memory, e.g. 12GiB, 8GB, 24000MiB: "
                                                                      "says what fits and the largest batch that does."),
     methods: str = typer.Option("all", "--methods", "-m", help="Methods, comma-separated, or all."),
     precision: str = typer.Option("fp32", "--precision",
                                   help="fp32 or bf16 (finetune's auto is bf16 on a recent GPU)."),
-    device: str = typer.Option("auto", "--device", help="Where the small profiled steps run: auto, cpu or cuda. "
-                                                        "On a CPU the profiler counts the bytes a GPU's allocator "
-                                                        "would."),
+    device: Device = DEFAULT_DEVICE,
     profile_sizes: str | None = typer.Option(None, "--profile-sizes", help="Three image sizes to profile at, "
-                                                                           "comma-separated (default 224,336,448; "
-                                                                           "litemedsam 128,192,256)."),
+                                                                           "comma-separated (default: the model "
+                                                                           "type's: {profiled_sizes})."),
     measure: bool = typer.Option(False, "--measure", help="Profile every configuration again on --device "
                                                            "(minutes; a GPU's allocator counts a little "
                                                            "differently from the CPU profiler the shipped "
@@ -48,7 +49,9 @@ def plan(
     Parameters, optimizer state and gradients are exact counts; activations were measured at two
     batch sizes and three small image sizes and are extrapolated (linear in the batch and in the
     token count). Prints each peak with its breakdown, where it comes from, whether it fits in
-    --gpu-memory, and the largest batch size that does.
+    --gpu-memory, and the largest batch size that does. The batch size to plan for is finetune's
+    by default; --device is where the small profiled steps run (on a CPU the profiler counts the
+    bytes a GPU's allocator would).
     """
     from medsaga.data.dataset import discover_dataset
     from medsaga.device import resolve_device
@@ -80,11 +83,9 @@ def plan(
     mapping = label_mapping(discover_dataset(data_dir))
     torch_device = resolve_device(device)
 
-    from rich.console import Console
-
     from medsaga.plan.profiles import ProfileStore
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = stderr_console()
     started = time.perf_counter()
     store = ProfileStore()
     rows = run_plan(chosen, model_type=model, num_classes=mapping.num_classes, image_size=size, batch_size=batch_size,
@@ -113,7 +114,6 @@ def _gib(value: float) -> str:
 
 
 def _print_plan(document: dict[str, Any], memory_text: str | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     title = (f"medsaga plan: {document['model']} at {document['image_size']} px, batch {document['batch_size']}, "
@@ -134,7 +134,7 @@ def _print_plan(document: dict[str, Any], memory_text: str | None) -> None:
         if memory_text:
             cells += ["yes" if row["fits"] else "NO", str(row["largest_batch"])]
         table.add_row(*cells)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = stdout_console()
     console.print(table)
     sources = {row["source"] for row in document["rows"]}
     notes = []

@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from cli.console import ProgressBars, stderr_console, stdout_console
+from cli.options import DEFAULT_DEVICE, DEFAULT_PRECISION, BatchSize, Command, Device, Force, Precision, Series, \
+    library_default
+
 if TYPE_CHECKING:
     from medsaga.predict.inputs import PredictCase
     from medsaga.predict.pipeline import CaseFailure, CaseResult
@@ -19,8 +23,11 @@ if TYPE_CHECKING:
 DEFAULT_OUT = "predictions"
 
 
+SHORT_HELP = "Segment volumes with a fine-tuned run."
+
+
 def register(app: typer.Typer) -> None:
-    app.command("predict")(predict)
+    app.command("predict", cls=Command, short_help=SHORT_HELP)(predict)
 
 
 def predict(
@@ -33,10 +40,9 @@ def predict(
                                                         "positional when it is a run, else runs/latest, the "
                                                         "last run finished under ./runs/)."),
     out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Folder for the predictions (created if needed)."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Slices per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA that supports it, "
-                                                              "else fp32), fp32, bf16."),
+    batch_size: BatchSize = library_default("medsaga.predict.pipeline", "PredictOptions.batch_size"),
+    device: Device = DEFAULT_DEVICE,
+    precision: Precision = DEFAULT_PRECISION,
     checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="The run's base checkpoint, if it moved "
                                                                             "since training (checked by SHA-256)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest 3-D connected "
@@ -45,9 +51,8 @@ def predict(
                                                                       "float32 (I, J, K, C+1), channel c = class c."),
     seg_type: str = typer.Option("binary", "--seg-type", help="DICOM-SEG type for DICOM input: binary (widely "
                                                               "read) or labelmap (DICOM 2024, compact)."),
-    series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to read where a DICOM folder "
-                                                             "holds several series."),
-    force: bool = typer.Option(False, "--force", help="Replace existing outputs (inputs are never replaced)."),
+    series: Series = None,
+    force: Force = False,
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep the cases whose outputs are all in OUT "
                                                                       "and predict the rest: rerun an interrupted "
                                                                       "cohort with it to resume."),
@@ -121,15 +126,14 @@ def _print_failures(failures: Sequence[CaseFailure], written: int) -> None:
 
 
 class _Reporter:
-    """Rich progress on stderr: one bar over the volumes, one over the current volume's slices."""
+    """Rich progress on stderr: one bar over the volumes, one over the current volume's slices.
+
+    Transient: the table replaces the bars, and an error leaves its one line, not a half bar.
+    """
 
     def __init__(self, intro: str = "") -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.progress = None
-        self.cases_task = None
-        self.slices_task = None
+        self.console = stderr_console()
+        self.bars = ProgressBars(self.console, remaining=True)
         self.intro = intro  # printed before the first message, then never again
 
     def _say_intro(self) -> None:
@@ -147,37 +151,19 @@ class _Reporter:
 
     def on_start(self, cases: Sequence[PredictCase]) -> None:
         self._say_intro()
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        # Transient: the table replaces the bars, and an error leaves its one line, not a half bar.
-        # Off when stderr is no terminal (a log file): there the bars would only leave blank lines.
-        self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
-                                 disable=not self.console.is_terminal)
-        self.progress.start()
-        self.console = self.progress.console
-        self.cases_task = self.progress.add_task("volumes", total=len(cases))
-        self.slices_task = self.progress.add_task("", total=None, visible=False)
+        self.bars.update("volumes", 0, len(cases))
 
     def on_slices(self, case: PredictCase, done: int, total: int) -> None:
-        assert self.progress is not None and self.slices_task is not None
-        if done == 0:
-            self.progress.reset(self.slices_task, total=total, description=f"{case.case_id} slices", visible=True)
-        self.progress.update(self.slices_task, completed=done)
+        self.bars.update("slices", done, total, f"{case.case_id} slices", restart=done == 0)
 
     def on_case_done(self, result: CaseResult) -> None:
-        assert self.progress is not None and self.cases_task is not None
-        self.progress.advance(self.cases_task)
+        self.bars.advance("volumes")
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        self.bars.close()
 
 
 def _print_table(results: list[CaseResult], out: Path, world_size: int = 1) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"medsaga predict: {len(results)} volume{'s' if len(results) != 1 else ''} → {out}",
@@ -196,4 +182,4 @@ def _print_table(results: list[CaseResult], out: Path, world_size: int = 1) -> N
     table.add_row("total", "", str(slices), f"{inference:.2f}",
                   f"{slices / inference:.1f}" if inference > 0 else "-",
                   f"{sum(r.total_seconds for r in results):.2f}", *([""] if world_size > 1 else []), style="bold")
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    stdout_console().print(table)

@@ -8,9 +8,15 @@ from typing import Any
 
 import typer
 
+from cli.console import ProgressBars, stdout_console
+from cli.options import DEFAULT_DEVICE, Checkpoint, Command, Device, Encoder, Force, ImageSize, Intensity, Plane, \
+    RandomInit, library_default
+
+SHORT_HELP = "Pick K scans to label first, chosen to stand for the cohort."
+
 
 def register(app: typer.Typer) -> None:
-    app.command("select")(select)
+    app.command("select", cls=Command, short_help=SHORT_HELP)(select)
 
 
 def select(
@@ -20,27 +26,23 @@ def select(
     shots: int = typer.Option(5, "--shots", "-k", help="How many scans to pick."),
     out: Path | None = typer.Option(None, "--out", help="Folder for selection.json, cases.txt and cohort_map.png "
                                                         "(default: selection-k<K>)."),
-    model: str | None = typer.Option("litemedsam", "--model", help="The frozen encoder: litemedsam (installed "
-                                                                   "weights) or a ViT with --checkpoint."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="SAM or MedSAM weights (.pth)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Encoder input size (default: the "
-                                                                     "model's, 256 for litemedsam)."),
+    model: Encoder = library_default("medsaga.select.run", "SelectOptions.model"),
+    checkpoint: Checkpoint = None,
+    image_size: ImageSize = None,
     slices: int = typer.Option(8, "--slices", help="Slices per scan, spread over the slices that hold tissue."),
-    rule: str = typer.Option("kmedoids", "--rule", help="kmedoids (typical scans: the least summed distance to "
-                                                        "the nearest pick; trained better models on MALF) or "
-                                                        "kcenter (cover the cohort, outliers included: each pick "
-                                                        "the scan farthest from the picks so far)."),
-    plane: str = typer.Option("axial", "--plane", help="Slicing plane: axial, coronal or sagittal."),
-    intensity: str | None = typer.Option(None, "--intensity", help="Intensity preset for every channel (default: "
-                                                                   "from dataset.json's channel names, as "
-                                                                   "finetune)."),
+    rule: str = typer.Option(library_default("medsaga.select.pick", "DEFAULT_RULE"), "--rule",
+                             help="kmedoids (typical scans: the least summed distance to the nearest pick; trained "
+                                  "better models on MALF) or kcenter (cover the cohort, outliers included: each "
+                                  "pick the scan farthest from the picks so far)."),
+    plane: Plane = library_default("medsaga.select.run", "SelectOptions.plane"),
+    intensity: Intensity = None,
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where descriptors are kept, by file "
                                                                     "content (default: ~/.cache/medsaga/"
                                                                     "descriptors, or $MEDSAGA_CACHE)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the descriptor cache."),
-    random_init: bool = typer.Option(False, "--random-init", help="Random encoder weights (tests only)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing selection folder."),
+    random_init: RandomInit = False,
+    device: Device = DEFAULT_DEVICE,
+    force: Force = False,
 ) -> None:
     """Pick K scans to label first, chosen to stand for the cohort: embed every scan with the frozen
     pretrained encoder (a few slices each, cached by file content), choose K by --rule, print and
@@ -48,8 +50,6 @@ def select(
 
     Then: medsaga finetune DATA --cases OUT/selection.json (the run's config records the selection).
     """
-    from rich.console import Console
-
     from medsaga.select.run import SelectOptions, default_cache_dir, select as run_select
 
     options = SelectOptions(folder=folder, shots=shots, out=out if out is not None else Path(f"selection-k{shots}"),
@@ -57,10 +57,14 @@ def select(
                             slices=slices, rule=rule, plane=plane, intensity=intensity,
                             cache_dir=None if no_cache else (cache_dir or default_cache_dir()), device=device,
                             force=force)
-    with _Progress() as progress:
-        selection = run_select(options, progress.update,
-                               warn=lambda warning: print(f"warning: {warning}", file=sys.stderr))
-    console = Console() if sys.stdout.isatty() else Console(width=132)
+    # The bar starts with the first scan, after every check has passed: an input error leaves its
+    # one line and nothing else. Transient: the table follows.
+    with ProgressBars() as bars:
+        def progress(done: int, total: int, case_id: str, from_cache: bool) -> None:
+            bars.update("scans", done, total, f"embedding scans {case_id}{' (cached)' if from_cache else ''}")
+
+        selection = run_select(options, progress, warn=lambda warning: print(f"warning: {warning}", file=sys.stderr))
+    console = stdout_console()
     console.print(_pick_table(selection.document))
     document = selection.document
     console.print(f"coverage radius {document['coverage_radius']:.3f} (median distance between two scans "
@@ -89,28 +93,3 @@ def _pick_table(document: dict[str, Any]) -> Any:
                       "×".join(f"{v:.0f}" for v in fact["field_of_view_mm"]),
                       "/".join(f"{v:.4g}" for v in fact["intensity_percentiles"]))
     return table
-
-
-class _Progress:
-    """A rich progress bar on stderr over the scans (transient: the table follows). It starts with the
-    first scan, after every check has passed: an input error leaves its one line and nothing else."""
-
-    def __enter__(self) -> _Progress:
-        self.bar = None
-        self.task = None
-        return self
-
-    def update(self, done: int, total: int, case_id: str, from_cache: bool) -> None:
-        if self.bar is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("embedding scans {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("", total=total)
-        self.bar.update(self.task, completed=done, description=f"{case_id}{' (cached)' if from_cache else ''}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)  # type: ignore[arg-type]

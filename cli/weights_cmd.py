@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from cli.console import ProgressBars, stdout_console
+from cli.options import Command
 
+if TYPE_CHECKING:
     from medsaga.model.weights import Verification
 
 UNKNOWN = "unknown (not published)"
@@ -31,8 +32,11 @@ weights_app = typer.Typer(
 )
 
 
+SHORT_HELP = "The SAM and MedSAM checkpoints medsaga knows; verify a copy."
+
+
 def register(app: typer.Typer) -> None:
-    app.add_typer(weights_app, name="weights")
+    app.add_typer(weights_app, name="weights", short_help=SHORT_HELP)
 
 
 @weights_app.callback()
@@ -53,7 +57,7 @@ def list_weights() -> None:
     from medsaga.model.packaged_weights import installed_litemedsam
     from medsaga.model.weights import KNOWN_WEIGHTS, LITEMEDSAM_WEIGHTS
 
-    console = _stdout_console()
+    console = stdout_console(highlight=False)
     console.print("[bold]Checkpoints medsaga can start from[/bold] (medsaga never downloads weights: get a file "
                   "from the address shown, then check it with 'medsaga weights verify FILE')\n")
     for known in KNOWN_WEIGHTS:
@@ -85,7 +89,7 @@ def _installed_state(path: Path | None) -> str:
     return f"{path} (size and SHA-256 verified; the default of --model litemedsam)"
 
 
-@weights_app.command("verify")
+@weights_app.command("verify", cls=Command)
 def verify(
     file: Path = typer.Argument(..., help="A checkpoint file (.pth) to check."),
 ) -> None:
@@ -94,18 +98,14 @@ def verify(
     Exit code 0: the file loads as a SAM state dict (whether or not it is a published file);
     1: it carries a published file's name but not its content; 2: it does not load.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
     from medsaga.errors import InputError
     from medsaga.model.weights import verify_weights
 
     if not file.is_file():
         raise InputError("no such file" if not file.exists() else "is not a regular file", file)
-    with Progress(TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task(file.name, total=file.stat().st_size)
-        result = verify_weights(file, progress=lambda n: progress.advance(task, n))
+    with ProgressBars(byte_counts=True, remaining=True) as bars:
+        bars.update("hashing", 0, file.stat().st_size, f"hashing {file.name}")
+        result = verify_weights(file, progress=lambda n: bars.advance("hashing", n))
     _print_verification(result)
     if result.mismatch:
         assert result.named_as is not None
@@ -139,13 +139,6 @@ def _print_verification(result: Verification) -> None:
     if result.model_type is not None:
         rows.append(("loads as", f"SAM {result.model_type} state dict, {result.num_masks} mask outputs"
                      + (f" (unwrapped from {result.unwrapped_from!r})" if result.unwrapped_from else "")))
-    console = _stdout_console()
+    console = stdout_console(highlight=False)
     for label, value in rows:
         console.print(f"{label:<14}{value}", soft_wrap=True)
-
-
-def _stdout_console() -> Console:
-    from rich.console import Console
-
-    # Redirected to a file or a CI log, rich would assume 80 columns and fold long lines.
-    return Console(highlight=False) if sys.stdout.isatty() else Console(highlight=False, width=200)

@@ -315,6 +315,54 @@ def test_overlay_picture() -> None:
     assert (picture == np.array(class_colour(2), np.uint8)).all(axis=2).any()  # the missed class's outline
 
 
+def test_overlay_window_from_the_channel_name(tmp_path: Path) -> None:
+    """--intensity first, else channel 0's name of the first dataset.json or run config.json that has one."""
+    from medsaga.evaluate.overlay import channel_name, overlay_preset
+
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "ct" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}}))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"dataset": {"channel_names": ["T1"]}}))
+    (tmp_path / "msd.json").write_text(json.dumps({"modality": {"0": "MRI"}}))
+    (tmp_path / "broken.json").write_text("{")
+    assert channel_name(tmp_path / "ct") == "CT" and channel_name(tmp_path / "ct" / "dataset.json") == "CT"
+    assert channel_name(tmp_path / "run") == "T1" and channel_name(tmp_path / "msd.json") == "MRI"
+    assert channel_name(tmp_path / "broken.json") is None and channel_name(tmp_path / "none") is None
+    assert channel_name(None) is None
+    assert overlay_preset(None, [None, tmp_path / "broken.json", tmp_path / "ct", tmp_path / "run"]) == "ct-abdomen"
+    assert overlay_preset(None, [tmp_path / "run", tmp_path / "ct"]) == "mr"
+    assert overlay_preset(None, [None, tmp_path / "broken.json"]) is None  # each image's modality decides
+    assert overlay_preset("ct-bone", [tmp_path / "run"]) == "ct-bone"
+    with pytest.raises(InputError, match="ct-abdomen"):
+        overlay_preset("bone", [])
+
+
+def test_outputs_are_checked_before_any_work(tmp_path: Path) -> None:
+    """No output is an input, by path or as a (hard) link to one; an existing output needs force."""
+    from medsaga.evaluate.outputs import check_outputs, planned_outputs
+
+    out = tmp_path / "out"
+    assert planned_outputs(None, ["a"], True) == []
+    outputs = planned_outputs(out, ["a", "b"], report=True)
+    assert [path.relative_to(out).as_posix() for path in outputs] == [
+        "metrics.csv", "metrics.json", "report.html", "overlays/a.png", "overlays/b.png"]
+    check_outputs(outputs, False, [tmp_path / "pred", None])
+    assert not out.exists()  # checked, not made
+
+    out.mkdir()
+    given = tmp_path / "labels.json"
+    given.write_text("{}")
+    (out / "metrics.json").hardlink_to(given)  # the same file under another name
+    with pytest.raises(InputError, match="is an input") as error:
+        check_outputs(outputs, True, [given])
+    assert error.value.path == out / "metrics.json"
+    with pytest.raises(InputError, match="is an input"):
+        check_outputs(outputs, True, [tmp_path / "x" / ".." / "out" / "metrics.csv"])
+    with pytest.raises(InputError, match="already exists; pass --force"):
+        check_outputs(outputs, False, [])
+    check_outputs(outputs, True, [])
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line and files
 # ---------------------------------------------------------------------------------------------

@@ -367,6 +367,19 @@ def test_unknown_qkv_falls_back_to_padded_windows_and_the_flag_is_read() -> None
         assert max_diff(block(x), fast(x)) > 1e-2
 
 
+def test_methods_declare_their_tokenwise_layers_and_no_method_is_named_here() -> None:
+    """LoRA's and SAM-PARSER's replacements set the flag themselves; this module names no method."""
+    from medsaga.methods.lora import LoRAQKV
+    from medsaga.methods.parser import ParserConv2d, ParserLinear
+
+    code = Path(fast_attention.__file__).read_text().split('"""', 2)[2]  # past the module docstring
+    assert "medsaga.methods" not in code and not hasattr(fast_attention, "TOKENWISE_TYPES")
+    linear = nn.Linear(8, 24)
+    for layer in (LoRAQKV(linear, rank=2), ParserLinear(linear, rank_fraction=1.0)):
+        assert getattr(layer, fast_attention.TOKENWISE_ATTRIBUTE) is True and is_tokenwise(layer)
+    assert not is_tokenwise(ParserConv2d(nn.Conv2d(8, 8, 3), rank_fraction=1.0))  # never a qkv: not declared
+
+
 def test_adapter_wrapped_encoder_is_found() -> None:
     segmenter = SamSegmenter(build_sam("tiny", num_classes=2, image_size=256))
     create_method("adapter").prepare(segmenter)

@@ -14,7 +14,10 @@ from medsaga.methods import count_parameters, load_trained, save_trained
 from medsaga.methods.adapter import AdapterMethod, AdapterOptions
 from medsaga.methods import adapter_net
 from medsaga.methods.adapter_net import ConvAdapter, ParallelAdaptedEncoder, high_pass
+from medsaga.model.backbone import TinyVitBackbone, VitBackbone
 from tests.method_helpers import synthetic_batch, tiny_segmenter, train_steps
+
+VIT_STRIDE = VitBackbone.embedding_stride  # 16: what the adapter is told by SAM's ViT's backbone
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -104,7 +107,7 @@ def test_the_vit_gets_no_gradient_and_stays_frozen() -> None:
 @pytest.mark.parametrize("size", [256, 512, 1024])
 def test_adapter_output_has_the_embedding_shape(size: int) -> None:
     torch.manual_seed(0)
-    adapter = ConvAdapter(width=8)  # narrow: the shape does not depend on the width
+    adapter = ConvAdapter(width=8, embedding_stride=VIT_STRIDE)  # narrow: the shape does not depend on the width
     out = adapter(torch.rand(1, 3, size, size))
     assert out.shape == (1, 256, size // 16, size // 16)
     assert out.abs().max() < 1
@@ -125,7 +128,7 @@ def test_the_composed_first_convolution_is_exact_and_cheaper(monkeypatch: pytest
     """conv(lift(x)) from the 6 input channels: same output and gradients (float64: no rounding
     to hide a wrong bias or border term), a fraction of the FLOPs."""
     torch.manual_seed(0)
-    adapter = ConvAdapter(width=64).double()
+    adapter = ConvAdapter(width=64, embedding_stride=VIT_STRIDE).double()
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     composed = _adapter_output_grads_and_flops(adapter, images)
     monkeypatch.setattr(adapter_net, "conv_after_pointwise", lambda conv, lift, inputs: conv(lift(inputs)))
@@ -242,6 +245,22 @@ def test_options_are_checked_and_prepare_runs_once() -> None:
         method.prepare(model)
     encoder = model.sam.image_encoder
     assert model.image_size == 64 and encoder.wrapped_encoder is encoder.vit  # what the backbone protocol reads
+
+
+def test_the_adapter_grid_is_the_backbones_embedding_stride() -> None:
+    """The adapter is told the grid by the encoder's backbone (16 for SAM's ViT, 4 for TinyViT),
+    and refuses sides that would not give every block a whole grid."""
+    with pytest.raises(TypeError):
+        ConvAdapter(width=8)  # type: ignore[call-arg]  # no default stride: the backbone must say
+    torch.manual_seed(0)
+    lite = ConvAdapter(width=8, embedding_stride=TinyVitBackbone.embedding_stride)
+    assert lite(torch.rand(1, 3, 64, 64)).shape == (1, 256, 16, 16)
+    with pytest.raises(ValueError, match="multiples of 16"):  # on TinyViT's grid, not the 3rd block's
+        lite(torch.rand(1, 3, 72, 72))
+    shallow = ConvAdapter(width=8, num_blocks=1, downsample=1, embedding_stride=TinyVitBackbone.embedding_stride)
+    assert shallow(torch.rand(1, 3, 36, 36)).shape == (1, 256, 9, 9)
+    model, _ = _prepared()
+    assert model.sam.image_encoder.adapter.embedding_stride == VIT_STRIDE
 
 
 def test_mean_pool_is_average_pooling_and_keeps_nothing_for_backward() -> None:

@@ -1,7 +1,14 @@
-"""The method interface and the methods of this issue: galore (MedSAGa), decoder, full."""
+"""The method interface and the methods of this issue: galore (MedSAGa), decoder, full.
+
+Invariants every method must keep are checked for every registered method (:func:`method_names`)
+on every backbone (a small model of each: SAM's ViT, LiteMedSAM's TinyViT), so a new method or a
+new backbone is tested without editing a list here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -10,10 +17,12 @@ import torch
 from medsaga.errors import InputError
 from medsaga.methods import count_parameters, create_method, load_trained, method_names, save_trained
 from medsaga.methods.galore import GaLoreMethod, GaLoreOptions
-from tests.method_helpers import synthetic_batch, tiny_segmenter, train_steps
+from medsaga.model.segmenter import SamSegmenter
+from tests.method_helpers import lite_segmenter, synthetic_batch, tiny_segmenter, train_steps
 
-
-ALL_METHODS = ["galore", "adapter", "parser", "lora", "conv-lora", "decoder", "full"]
+SEGMENTERS: dict[str, Callable[..., SamSegmenter]] = {"vit": tiny_segmenter, "tiny_vit": lite_segmenter}
+"""A small random model of each backbone, by the backbone's name (both at 64 px, seed 0 by default)."""
+EVERY_METHOD_ON_EVERY_BACKBONE = list(product(method_names(), SEGMENTERS))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -21,15 +30,16 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_registry_lists_the_methods_and_refuses_unknown_ones() -> None:
-    assert method_names() == ALL_METHODS  # the order --method lists them in
+    # the order --method lists them in
+    assert method_names() == ["galore", "adapter", "parser", "lora", "conv-lora", "decoder", "full"]
     with pytest.raises(InputError, match="unknown method 'lora2'; choose one of: .*galore"):
         create_method("lora2")
     with pytest.raises(InputError, match="bad options for method 'galore'"):
         create_method("galore", {"rnak": 4})
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_every_trainable_parameter_gets_a_gradient(name: str) -> None:
+@pytest.mark.parametrize(("name", "backbone"), EVERY_METHOD_ON_EVERY_BACKBONE)
+def test_every_trainable_parameter_gets_a_gradient(name: str, backbone: str) -> None:
     """Nothing is counted (or saved) as trained that the prompt-free head cannot train.
 
     Conv-LoRA routes each map to one of its experts: the experts no sample chose in this forward
@@ -38,15 +48,17 @@ def test_every_trainable_parameter_gets_a_gradient(name: str) -> None:
     from medsaga.losses import segmentation_loss
 
     images, labels = synthetic_batch()
-    model = tiny_segmenter()
+    model = SEGMENTERS[backbone]()
     method = create_method(name)
     method.prepare(model)
+    model.train()
     loss = segmentation_loss(model(images), labels)
     auxiliary = method.auxiliary_loss(model)
     (loss if auxiliary is None else loss + auxiliary).backward()
     starved = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None
                and not (name == "conv-lora" and ".experts." in n)]
     assert starved == []
+    assert any(p.requires_grad for p in model.parameters())
 
 
 def test_decoder_leaves_the_encoder_bit_identical() -> None:
@@ -117,12 +129,17 @@ def test_galore_adam_moments_have_rank_r_shape() -> None:
     assert optimizer.state[decoder_weight]["exp_avg"].shape == decoder_weight.shape
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_saves_and_reloads_exactly_what_it_trained(name: str, tmp_path: Path) -> None:
-    model = tiny_segmenter()
+@pytest.mark.parametrize(("name", "backbone"), EVERY_METHOD_ON_EVERY_BACKBONE)
+def test_saves_and_reloads_exactly_what_it_trained(name: str, backbone: str, tmp_path: Path) -> None:
+    """What a method saves is exactly what it trained, and a reload is bit-exact: the same state,
+    the same outputs (on TinyViT with its frozen BatchNorm statistics too)."""
+    segmenter = SEGMENTERS[backbone]
+    images, labels = synthetic_batch()
+    model = segmenter()
     method = create_method(name, {"update_proj_gap": 2} if name == "galore" else None)
     method.prepare(model)
-    train_steps(model, method, *synthetic_batch(), steps=3)
+    model.train()
+    train_steps(model, method, images, labels, steps=3)
     description = save_trained(method, model, tmp_path / "run")
     trained = method.trained_state(model)
     assert description["saved_tensors"] == len(trained)
@@ -135,11 +152,16 @@ def test_saves_and_reloads_exactly_what_it_trained(name: str, tmp_path: Path) ->
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable <= set(saved)  # and buffers the method trains (the adapter's BatchNorm statistics)
     assert all(".running_" in n or "num_batches_tracked" in n for n in set(saved) - trainable)
-    fresh = tiny_segmenter(seed=0)
+    fresh = segmenter(seed=0)
     reloaded = load_trained(tmp_path / "run", fresh)
     assert reloaded.name == name and reloaded.options == method.options
     for key, value in model.state_dict().items():
         assert torch.equal(value, fresh.state_dict()[key]), key
+    state, again = method.trained_state(model), reloaded.trained_state(fresh)
+    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), fresh(images))
 
 
 def test_decoder_run_is_small(tmp_path: Path) -> None:
@@ -168,3 +190,22 @@ def test_the_default_optimizer_is_fused_adamw_for_float_parameters() -> None:
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
     model.double()  # float64 is fused too
     assert method.build_optimizer(model, 1e-3, 0.1).defaults["fused"] is True
+
+
+@pytest.mark.parametrize(("name", "backbone"), EVERY_METHOD_ON_EVERY_BACKBONE)
+def test_the_decoder_can_train_at_its_own_learning_rate(name: str, backbone: str) -> None:
+    """``decoder_lr`` moves exactly the mask decoder's trainable parameters into a last group."""
+    model = SEGMENTERS[backbone]()
+    method = create_method(name)
+    method.prepare(model)
+    optimizer = method.build_optimizer(model, 1e-4, 0.1, decoder_lr=1e-3)
+    groups = optimizer.param_groups
+    decoder = {id(p) for p in model.sam.mask_decoder.parameters() if p.requires_grad}
+    ids = [id(p[1] if isinstance(p, tuple) else p) for p in groups[-1]["params"]]
+    assert set(ids) == decoder and groups[-1]["lr"] == 1e-3 and groups[-1]["weight_decay"] == 0.1
+    everything = [id(p[1] if isinstance(p, tuple) else p) for group in groups for p in group["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert all(group["lr"] == 1e-4 for group in groups[:-1])
+    plain = method.build_optimizer(model, 1e-4, 0.1)  # without: the method's own groups, all at lr
+    assert all(group["lr"] == 1e-4 for group in plain.param_groups)
+    assert len(groups) - len(plain.param_groups) in (0, 1)  # a group of the decoder alone is just re-rated

@@ -13,7 +13,7 @@ from medsaga.evaluate.classes import ClassSet, EvalClass, classes_from_values, l
 from medsaga.evaluate.matching import CasePair, Matching, match_cases, match_images
 from medsaga.evaluate.metrics import STATUSES, ClassMetrics, Status, binary_metrics
 from medsaga.evaluate.run import (DEFAULT_TOLERANCE_MM, CaseResult, Evaluation, case_metrics, check_inputs,
-                                  evaluate)
+                                  evaluate, present_classes)
 from medsaga.evaluate.summary import ClassSummary, mean_over_classes
 
 __all__ = [
@@ -37,4 +37,5 @@ __all__ = [
     "match_cases",
     "match_images",
     "mean_over_classes",
+    "present_classes",
 ]

@@ -24,6 +24,11 @@ class EvalClass:
     value: int
     name: str
 
+    @property
+    def label(self) -> str:
+        """``"1 liver"``; just ``"1"`` for a class named by its value."""
+        return str(self.value) if self.name == str(self.value) else f"{self.value} {self.name}"
+
 
 @dataclass(frozen=True)
 class ClassSet:

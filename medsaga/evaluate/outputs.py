@@ -6,6 +6,10 @@
 ``metrics.json``: the settings, the classes, every case's values, the per-class means
 (:mod:`medsaga.evaluate.summary`) and the cases found on one side only. Undefined values are
 ``null`` (JSON has no NaN).
+
+Before any case is read, :func:`check_outputs` checks every file the command will write
+(:func:`planned_outputs`): none is an input, none exists unless replacing was asked for, and the
+folders are writable.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import io
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from medsaga import __version__
+from medsaga.errors import InputError
 from medsaga.evaluate.metrics import HD_PERCENTILE, ClassMetrics
 from medsaga.evaluate.run import Evaluation
 from medsaga.evaluate.summary import ClassSummary, mean_over_classes
@@ -92,6 +98,35 @@ def write_outputs(out: Path, evaluation: Evaluation, prediction: Path, reference
         text = json.dumps(json_document(evaluation, prediction, reference, extra), indent=2, allow_nan=False)
         temporary.write_text(text + "\n", encoding="utf-8")
     return csv_path, json_path
+
+
+def planned_outputs(out: Path | None, overlay_cases: Sequence[str] = (), report: bool = False) -> list[Path]:
+    """The files ``medsaga evaluate --out OUT`` writes: metrics.csv and metrics.json, report.html
+    (``report``), and ``overlays/CASE.png`` for each of ``overlay_cases``; none without ``out``."""
+    if out is None:
+        return []
+    from medsaga.evaluate.overlay import OVERLAY_FOLDER
+    from medsaga.report import REPORT_NAME
+
+    return [out / CSV_NAME, out / JSON_NAME] + ([out / REPORT_NAME] if report else []) + \
+        [out / OVERLAY_FOLDER / f"{case}.png" for case in overlay_cases]
+
+
+def check_outputs(outputs: Sequence[Path], force: bool, inputs: Sequence[Path | None]) -> None:
+    """Before any work: no output is one of ``inputs`` (:func:`medsaga.io.paths.same_path`: a link
+    or hard link to an input counts); an existing output only with ``force``; every output folder
+    writable (so a read-only or full ``--out`` stops here, not after every case). Each is an
+    :class:`InputError` naming the path."""
+    from medsaga.io.paths import ensure_writable_folder, same_path
+
+    for folder in sorted({path.parent for path in outputs}):  # OUT before OUT/overlays
+        ensure_writable_folder(folder, "--out", keep=False)  # created when written: an input error leaves none
+    given = [Path(path) for path in inputs if path is not None]
+    for path in outputs:
+        if any(same_path(path, source) for source in given):
+            raise InputError("is an input; choose another --out", path)
+        if path.exists() and not force:
+            raise InputError("already exists; pass --force to replace it", path)
 
 
 def _metrics(m: ClassMetrics) -> dict[str, Any]:

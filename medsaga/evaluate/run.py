@@ -66,6 +66,12 @@ class Evaluation:
     matching: Matching
 
 
+def present_classes(evaluation: Evaluation) -> list[EvalClass]:
+    """The classes held by some reference or prediction: a class absent from every case (common
+    when a dataset.json declares many) would only add rows of 'both empty' to a table."""
+    return [s.eval_class for s in evaluation.summaries if s.both_empty < s.cases]
+
+
 @dataclass(frozen=True)
 class CheckedPairs:
     """The outcome of the checking pass: the pairs, the classes to evaluate, and the last pair

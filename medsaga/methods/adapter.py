@@ -1,8 +1,9 @@
 """``adapter``: a convolutional adapter in parallel with SAM's frozen image encoder (the seed paper).
 
 A small CNN (:class:`~medsaga.methods.adapter_net.ConvAdapter`) reads the input image and its
-FFT high-pass component and produces a ``(B, 256, g, g)`` map (the embedding's grid: ``S/16`` for
-SAM's ViT, ``S/4`` for LiteMedSAM's TinyViT) that is added, scaled, to
+FFT high-pass component and produces a ``(B, 256, g, g)`` map (the embedding's grid, ``S`` over
+the encoder's :attr:`~medsaga.model.backbone.Backbone.embedding_stride`: ``S/16`` for SAM's ViT,
+``S/4`` for LiteMedSAM's TinyViT) that is added, scaled, to
 the frozen ViT's image embedding: ``embedding + scale * tanh(adapter(x))``. The adapter and the
 mask decoder train; the ViT and the prompt encoder stay frozen. Because the adapter sits *beside*
 the ViT rather than inside it, no gradient has to flow through the ViT: its activations are never
@@ -47,8 +48,10 @@ from torch import nn
 from medsaga.methods.adapter_net import ConvAdapter, ParallelAdaptedEncoder
 from medsaga.methods.base import (MethodOptions, TuningMethod, encoder_backbone, freeze, image_encoder,
                                   unfreeze_mask_decoder)
+from medsaga.methods.options import check_fields, integer, real
 from medsaga.methods.registry import register
-from medsaga.model.build import PATCH_SIZE
+# Not the embedding grid (the backbone's embedding_stride is): the step of the input sizes.
+from medsaga.model.build import PATCH_SIZE as IMAGE_SIZE_STEP  # every model's side is a multiple of it
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,10 @@ class AdapterOptions(MethodOptions):
         scale: weight of the adapter's tanh output added to the frozen ViT's embedding.
         downsample: the adapter reads the image average-pooled by this factor (2: the reference's
             512-pixel adapter input beside the 1024-pixel ViT); ``downsample * 2**num_blocks``
-            must divide 16 so that every block's output pools (or upsamples) evenly onto the
-            embedding grid.
+            must divide 16, the step of the image sizes every model is built at
+            (:func:`~medsaga.model.build.check_image_size`), so that every block's output is a
+            whole grid at every such size and pools (or upsamples) evenly onto the embedding grid,
+            whatever the encoder's embedding stride (its backbone's, 16 or 4).
     """
 
     width: int = 256
@@ -76,19 +81,20 @@ class AdapterOptions(MethodOptions):
     downsample: int = 2
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.num_blocks < 1 or self.downsample < 1:
-            raise ValueError("width, num_blocks and downsample must be positive")
-        if PATCH_SIZE % (self.downsample * 2 ** self.num_blocks):
-            raise ValueError(f"downsample * 2**num_blocks must divide {PATCH_SIZE}, got "
+        check_fields(self, width=integer(at_least=1), num_blocks=integer(at_least=1),
+                     downsample=integer(at_least=1), tau=real(at_least=0, below=1), scale=real(at_least=0))
+        if IMAGE_SIZE_STEP % self.reduction:
+            raise ValueError(f"downsample * 2**num_blocks must divide {IMAGE_SIZE_STEP}, got "
                              f"{self.downsample} * 2**{self.num_blocks}")
-        if not 0 <= self.tau < 1:
-            raise ValueError(f"tau must be in [0, 1), got {self.tau}")
-        if not 0 <= self.scale < float("inf"):
-            raise ValueError(f"scale must be a finite non-negative number, got {self.scale}")
+
+    @property
+    def reduction(self) -> int:
+        """How many input pixels one cell of the adapter's last block covers: ``downsample * 2**num_blocks``."""
+        return self.downsample * 2 ** self.num_blocks
 
 
 @register
-class AdapterMethod(TuningMethod):
+class AdapterMethod(TuningMethod[AdapterOptions]):
     """Convolutional adapter beside the frozen ViT, mask decoder fully tuned.
 
     Default lr 2e-4: the reference code's AdamW learning rate (``run_cad.sh``: ``--lr 2e-4``, batch 4,
@@ -107,7 +113,7 @@ class AdapterMethod(TuningMethod):
         vit = image_encoder(model)
         if isinstance(vit, ParallelAdaptedEncoder):
             raise ValueError("this model already has a convolutional adapter")
-        options: AdapterOptions = self.options  # type: ignore[assignment]
+        options = self.options
         reference = next(vit.parameters())
         _, backbone = encoder_backbone(model)
         # Built on the encoder's device ("meta" included, so counting vit_b allocates nothing).

@@ -14,11 +14,13 @@ Three pieces, each with one job:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medsaga.model.build import PATCH_SIZE, PROMPT_EMBED_DIM
+from medsaga.model.build import PROMPT_EMBED_DIM
 
 
 def high_pass(images: torch.Tensor, tau: float) -> torch.Tensor:
@@ -109,6 +111,10 @@ def conv_after_pointwise(block_conv: nn.Conv2d, lift: nn.Conv2d, inputs: torch.T
 class ConvAdapter(nn.Module):
     """Image ``(B, 3, S, S)`` → additive embedding correction ``(B, 256, g, g)`` in (-1, 1), ``g = S/stride``.
 
+    ``embedding_stride``: input pixels per cell of the encoder's embedding, as the encoder's
+    backbone says (:attr:`Backbone.embedding_stride <medsaga.model.backbone.Backbone.embedding_stride>`).
+    ``S`` must be a multiple of it and of ``downsample * 2**num_blocks``.
+
     1. Average-pool the image by ``downsample`` (2: the adapter sees a 512-pixel image beside the
        1024-pixel ViT, as in the reference code) and append its :func:`high_pass` → 6 channels.
     2. 1 × 1 convolution to ``width`` channels, then ``num_blocks`` residual :class:`ConvBlock` layers,
@@ -124,20 +130,22 @@ class ConvAdapter(nn.Module):
     channels through :func:`conv_after_pointwise` (exact, ~1/37 of its direct cost).
     """
 
-    def __init__(self, *, width: int = 256, num_blocks: int = 3, tau: float = 0.25, downsample: int = 2,
-                 out_channels: int = PROMPT_EMBED_DIM, embedding_stride: int = PATCH_SIZE) -> None:
+    def __init__(self, *, embedding_stride: int, width: int = 256, num_blocks: int = 3, tau: float = 0.25,
+                 downsample: int = 2, out_channels: int = PROMPT_EMBED_DIM) -> None:
         super().__init__()
         self.tau = tau
         self.downsample = downsample
         self.embedding_stride = embedding_stride
+        # Image sides must give whole grids: the embedding's and every block's (each halves).
+        self.size_multiple = math.lcm(embedding_stride, downsample * 2 ** num_blocks)
         self.lift = nn.Conv2d(6, width, kernel_size=1)
         self.blocks = nn.ModuleList(ConvBlock(width) for _ in range(num_blocks))
         self.project = nn.Conv2d(width, out_channels, kernel_size=1) if width != out_channels else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = images.shape[-2:]
-        if size[0] % PATCH_SIZE or size[1] % PATCH_SIZE:
-            raise ValueError(f"image sides must be multiples of {PATCH_SIZE}, got {tuple(size)}")
+        if size[0] % self.size_multiple or size[1] % self.size_multiple:
+            raise ValueError(f"image sides must be multiples of {self.size_multiple}, got {tuple(size)}")
         grid = (size[0] // self.embedding_stride, size[1] // self.embedding_stride)
         x = mean_pool(images, self.downsample)
         inputs = torch.cat([x, high_pass(x, self.tau)], dim=1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -35,19 +35,29 @@ FUSED_ADAM_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Options common to all methods; each method subclasses this with its own fields."""
+    """Options common to all methods; each method subclasses this with its own fields, which its
+    ``__post_init__`` checks and puts in canonical form with
+    :func:`~medsaga.methods.options.check_fields` (the same rules for every method)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-serialisable values (tuples become lists)."""
         return asdict(self)
 
 
-class TuningMethod(ABC):
-    """Base class of the tuning methods.
+OptionsT = TypeVar("OptionsT", bound=MethodOptions)
+"""A method's options type: ``class GaLoreMethod(TuningMethod[GaLoreOptions])``."""
+
+
+class TuningMethod(ABC, Generic[OptionsT]):
+    """Base class of the tuning methods, generic over their options type.
+
+    A method subclasses ``TuningMethod[ItsOptions]``, so that ``self.options`` is typed as its own
+    options (checked at construction against :attr:`options_type`).
 
     Class attributes a method sets:
         name: the ``--method`` value.
-        options_type: its options dataclass.
+        options_type: its options dataclass (the type argument of ``TuningMethod[...]``), whose
+            ``__post_init__`` checks every field with :func:`medsaga.methods.options.check_fields`.
         default_lr: the learning rate used when the user gives none (documented per method).
         default_weight_decay: AdamW's decoupled weight decay; 0.1 as SAMed and MedSAGa.
         encoder_frozen: the image encoder gets no gradient; the loop runs it under ``no_grad``.
@@ -65,7 +75,7 @@ class TuningMethod(ABC):
     """
 
     name: ClassVar[str]
-    options_type: ClassVar[type[MethodOptions]] = MethodOptions
+    options_type: type[OptionsT]  # a class attribute (a ClassVar cannot hold a type variable)
     default_lr: ClassVar[float]
     default_weight_decay: ClassVar[float] = 0.1
     encoder_frozen: ClassVar[bool] = False
@@ -79,8 +89,8 @@ class TuningMethod(ABC):
         ``None`` when it can (a clause: "... is off because <it>")."""
         return None
 
-    def __init__(self, options: MethodOptions | None = None) -> None:
-        self.options = options if options is not None else self.options_type()
+    def __init__(self, options: OptionsT | None = None) -> None:
+        self.options: OptionsT = options if options is not None else self.options_type()
         if not isinstance(self.options, self.options_type):
             raise TypeError(f"{self.name} takes {self.options_type.__name__}, got {type(self.options).__name__}")
 

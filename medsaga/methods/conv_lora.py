@@ -55,11 +55,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsaga.methods.base import MethodOptions, TuningMethod, encoder_backbone, freeze, unfreeze_mask_decoder
-from medsaga.model.backbone import AttentionLayer
 from medsaga.methods.conv_lora_moe import MoEConv
+from medsaga.methods.options import boolean, check_fields, integer, names, real
 from medsaga.methods.registry import register
+from medsaga.model.backbone import QKV_PARTS, AttentionLayer
 
-QKV_PARTS = ("q", "k", "v")
 FUSED_TARGET = "qkv"
 
 
@@ -75,7 +75,8 @@ class ConvLoRAOptions(MethodOptions):
             ``cv²(importance) + cv²(load)`` (1e-2).
         targets: which thirds of each encoder block's ``qkv`` output get a branch, ``("q", "v")``:
             any of ``"q"``, ``"k"``, ``"v"`` (one branch each), or ``("qkv",)`` alone: one branch
-            over the whole fused output, which is what AutoGluon's code ends up doing.
+            over the whole fused output, which is what AutoGluon's code ends up doing. A single
+            name is a one-element list (``-o targets=qkv``: the fused branch).
         noisy_gating: add learned-scale Gaussian noise to the gate logits while training, which
             makes the balancing loss differentiable (true).
     """
@@ -89,23 +90,12 @@ class ConvLoRAOptions(MethodOptions):
 
     def __post_init__(self) -> None:
         # JSON gives lists and ints back; keep the dataclass hashable and equal after a reload.
-        object.__setattr__(self, "targets", tuple(self.targets))
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "balance_loss_coef", float(self.balance_loss_coef))
-        for name in ("rank", "experts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.alpha <= 0 or self.balance_loss_coef < 0:
-            raise ValueError("alpha must be positive and balance_loss_coef non-negative")
-        if not isinstance(self.noisy_gating, bool):
-            raise ValueError(f"noisy_gating must be true or false, got {self.noisy_gating!r}")
-        targets = self.targets
-        valid = targets == (FUSED_TARGET,) or (
-            targets and set(targets) <= set(QKV_PARTS) and len(set(targets)) == len(targets))
-        if not valid:
-            raise ValueError(f"targets must be distinct names among {QKV_PARTS}, or ({FUSED_TARGET!r},) "
-                             f"alone; got {targets!r}")
+        check_fields(self, rank=integer(at_least=1), alpha=real(above=0), experts=integer(at_least=1),
+                     balance_loss_coef=real(at_least=0), targets=names((*QKV_PARTS, FUSED_TARGET)),
+                     noisy_gating=boolean())
+        if FUSED_TARGET in self.targets and len(self.targets) > 1:
+            raise ValueError(f"targets must be distinct names among {', '.join(QKV_PARTS)}, or {FUSED_TARGET} "
+                             f"alone; got {self.targets!r}")
 
 
 class ConvLoRABranch(nn.Module):
@@ -201,7 +191,7 @@ def conv_lora_layers(model: nn.Module) -> list[ConvLoRAQKV]:
 
 
 @register
-class ConvLoRAMethod(TuningMethod):
+class ConvLoRAMethod(TuningMethod[ConvLoRAOptions]):
     """Conv-LoRA on every encoder block's ``qkv`` plus the full mask decoder.
 
     Default lr 1e-4: the authors' (AutoGluon's semantic-segmentation preset and Conv-LoRA example).
@@ -212,7 +202,7 @@ class ConvLoRAMethod(TuningMethod):
     default_lr = 1e-4
 
     def prepare(self, model: nn.Module) -> None:
-        options: ConvLoRAOptions = self.options  # type: ignore[assignment]
+        options = self.options
         freeze(model)
         encoder, backbone = encoder_backbone(model)
         for index, layer in enumerate(backbone.attention_layers(encoder)):

@@ -22,7 +22,7 @@ class DecoderOptions(MethodOptions):
 
 
 @register
-class DecoderMethod(TuningMethod):
+class DecoderMethod(TuningMethod[DecoderOptions]):
     """Mask decoder only; the encoder is frozen and runs without gradients.
 
     Default lr 5e-3: SAMed's base learning rate.

@@ -22,7 +22,7 @@ class FullOptions(MethodOptions):
 
 
 @register
-class FullMethod(TuningMethod):
+class FullMethod(TuningMethod[FullOptions]):
     """All encoder and decoder weights with AdamW: the reference the other methods are measured against.
 
     Default lr 1e-4: MedSAM's rate for full fine-tuning (SAMed's 5e-3 is meant for adapters and

@@ -27,7 +27,9 @@ from torch import nn
 
 from medsaga.methods.base import (MethodOptions, TuningMethod, encoder_backbone, freeze, image_encoder, unfreeze,
                                   unfreeze_mask_decoder, with_decoder_lr)
+from medsaga.methods.options import boolean, check_fields, integer, names, one_of, real
 from medsaga.methods.registry import register
+from medsaga.model.backbone import LINEAR_ROLES
 from medsaga.optim import GaLoreAdamW, defaults
 
 
@@ -42,8 +44,9 @@ class GaLoreOptions(MethodOptions):
         svd: ``"randomized"`` (seeded range finder) or ``"full"`` (exact, as galore-torch).
         layerwise: apply each weight's update in its gradient hook during backward and free the
             gradient at once (no gradient accumulation, no global clipping in this mode).
-        targets: roles of the encoder blocks' linear layers that GaLore projects (``qkv``,
-            ``proj``, ``lin1``: the MLP's first, ``lin2``: its second).
+        targets: roles of the encoder blocks' linear layers that GaLore projects, among the
+            backbone's :data:`~medsaga.model.backbone.LINEAR_ROLES` (``qkv``, ``proj``, ``lin1``:
+            the MLP's first, ``lin2``: its second); default all of them.
     """
 
     rank: int = defaults.DEFAULT_RANK
@@ -51,23 +54,16 @@ class GaLoreOptions(MethodOptions):
     scale: float = defaults.DEFAULT_SCALE
     svd: str = "randomized"
     layerwise: bool = False
-    targets: tuple[str, ...] = ("qkv", "proj", "lin1", "lin2")
+    targets: tuple[str, ...] = LINEAR_ROLES
 
     def __post_init__(self) -> None:
-        # JSON gives lists back, -o gives one string: keep a tuple of layer names.
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        object.__setattr__(self, "targets", targets)
-        unknown = sorted(set(targets) - {"qkv", "proj", "lin1", "lin2"})
-        if not targets or unknown:
-            raise ValueError(f"targets must be among qkv, proj, lin1, lin2; got {list(targets)}")
-        if self.rank < 1 or self.update_proj_gap < 1:
-            raise ValueError("rank and update_proj_gap must be positive")
-        if self.svd not in defaults.SVD_METHODS:
-            raise ValueError(f"svd must be one of {defaults.SVD_METHODS}, got {self.svd!r}")
+        # JSON gives lists back, -o gives one string: a tuple of roles, in the order given.
+        check_fields(self, rank=integer(at_least=1), update_proj_gap=integer(at_least=1), scale=real(above=0),
+                     svd=one_of(defaults.SVD_METHODS), layerwise=boolean(), targets=names(LINEAR_ROLES))
 
 
 @register
-class GaLoreMethod(TuningMethod):
+class GaLoreMethod(TuningMethod[GaLoreOptions]):
     """MedSAGa: GaLore on the encoder blocks' linear weights, AdamW on the rest and the decoder.
 
     Default lr 5e-3 (MedSAGa's base learning rate).
@@ -95,27 +91,24 @@ class GaLoreMethod(TuningMethod):
 
     def projected_weights(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """``(name in model, weight)`` of the encoder blocks' targeted 2-D linear weights, in order."""
-        options: GaLoreOptions = self.options  # type: ignore[assignment]
         encoder, backbone = encoder_backbone(model)
         targeted = {id(module.weight) for _, role, module in backbone.linear_layers(encoder)
-                    if isinstance(module, nn.Linear) and role in options.targets}
+                    if isinstance(module, nn.Linear) and role in self.options.targets}
         return [(name, parameter) for name, parameter in model.named_parameters() if id(parameter) in targeted]
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        options: GaLoreOptions = self.options  # type: ignore[assignment]
         projected = self.projected_weights(model)
         projected_ids = {id(parameter) for _, parameter in projected}
         others = [(name, p) for name, p in model.named_parameters()
                   if p.requires_grad and id(p) not in projected_ids]
         return [
-            {"params": projected, "rank": options.rank, "update_proj_gap": options.update_proj_gap,
-             "scale": options.scale, "proj_type": defaults.DEFAULT_PROJ_TYPE, "svd": options.svd,
+            {"params": projected, "rank": self.options.rank, "update_proj_gap": self.options.update_proj_gap,
+             "scale": self.options.scale, "proj_type": defaults.DEFAULT_PROJ_TYPE, "svd": self.options.svd,
              "lr": lr, "weight_decay": weight_decay},
             {"params": others, "lr": lr, "weight_decay": weight_decay},
         ]
 
     def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float, *,
                         decoder_lr: float | None = None) -> torch.optim.Optimizer:
-        options: GaLoreOptions = self.options  # type: ignore[assignment]
         groups = with_decoder_lr(self.param_groups(model, lr, weight_decay), model, decoder_lr)
-        return GaLoreAdamW(groups, lr=lr, weight_decay=weight_decay, layerwise=options.layerwise)
+        return GaLoreAdamW(groups, lr=lr, weight_decay=weight_decay, layerwise=self.options.layerwise)

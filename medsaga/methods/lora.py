@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
 
 import torch
 from torch import nn
@@ -36,19 +35,13 @@ from torch.nn import functional as F
 
 from medsaga.errors import InputError
 from medsaga.methods.base import MethodOptions, TuningMethod, encoder_backbone, freeze, unfreeze_mask_decoder
+from medsaga.methods.options import check_fields, indexes, integer, names, optional, real
 from medsaga.methods.registry import register
+from medsaga.model.backbone import QKV_PARTS
+from medsaga.model.fast_attention import TOKENWISE_ATTRIBUTE
 
-QKV_PARTS = ("q", "k", "v")
-"""The thirds of a fused qkv output, in SAM's order (``Attention.forward`` reshapes to ``(3, …)``)."""
-
-
-def _canonical_targets(targets: Sequence[str]) -> tuple[str, ...]:
-    """``targets`` checked (non-empty, unique, each of q/k/v) and put in q, k, v order."""
-    targets = tuple(targets)
-    unknown = [t for t in targets if t not in QKV_PARTS]
-    if not targets or unknown or len(set(targets)) != len(targets):
-        raise ValueError(f"targets must be distinct names among {QKV_PARTS}, got {targets!r}")
-    return tuple(part for part in QKV_PARTS if part in targets)
+_QKV_TARGETS = names(QKV_PARTS, canonical_order=True)
+"""Targets among q, k, v (one name or several, no repeats), in q, k, v order."""
 
 
 class LoRAQKV(nn.Module):
@@ -71,6 +64,10 @@ class LoRAQKV(nn.Module):
             ``[q | k | v]`` (TinyViT's head-major qkv), output row ``i`` is row ``row_order[i]`` of
             that layout.
 
+    Token-wise (each token's output depends on that token alone): it says so with the
+    ``medsaga_tokenwise`` attribute (:data:`~medsaga.model.fast_attention.TOKENWISE_ATTRIBUTE`),
+    so that :mod:`medsaga.model.fast_attention` may skip the windows' padding around it.
+
     Args:
         qkv: the Linear to adapt; ``out_features`` must be ``3 · in_features``.
         rank: ``r``.
@@ -89,7 +86,8 @@ class LoRAQKV(nn.Module):
             raise ValueError(f"rank must be positive, got {rank}")
         self.in_features, self.out_features = qkv.in_features, qkv.out_features
         self.rank, self.scaling = int(rank), float(scaling)
-        self.targets = _canonical_targets(targets)
+        self.targets: tuple[str, ...] = _QKV_TARGETS("targets", targets)
+        setattr(self, TOKENWISE_ATTRIBUTE, True)  # the update is a per-token linear map too
         self.weight = qkv.weight
         self.bias = qkv.bias  # a Parameter or None; either registers under "bias"
         width, count = qkv.in_features, len(self.targets)
@@ -199,23 +197,11 @@ class LoRAOptions(MethodOptions):
     blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        # JSON gives lists back; keep the dataclass hashable, comparable and in one canonical form.
-        if isinstance(self.rank, bool) or not isinstance(self.rank, Integral) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
-        object.__setattr__(self, "rank", int(self.rank))
-        if self.alpha is not None:
-            if isinstance(self.alpha, bool) or not isinstance(self.alpha, Real) or not self.alpha > 0:
-                raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
-            object.__setattr__(self, "alpha", float(self.alpha))
-        # A single name or index is a one-element list (``-o targets=v``, ``-o blocks=11`` on the CLI).
-        targets = (self.targets,) if isinstance(self.targets, str) else self.targets
-        object.__setattr__(self, "targets", _canonical_targets(targets))
-        if self.blocks is not None:
-            blocks = (self.blocks,) if isinstance(self.blocks, Integral) else tuple(self.blocks)
-            if not blocks or any(isinstance(b, bool) or not isinstance(b, Integral) or b < 0 for b in blocks) \
-                    or len(set(blocks)) != len(blocks):
-                raise ValueError(f"blocks must be distinct non-negative block indexes, got {self.blocks!r}")
-            object.__setattr__(self, "blocks", tuple(sorted(int(b) for b in blocks)))
+        # JSON gives lists back; keep the dataclass hashable, comparable and in one canonical form
+        # (targets in q, k, v order, blocks sorted). A single name or index is a one-element list
+        # (``-o targets=v``, ``-o blocks=11`` on the CLI).
+        check_fields(self, rank=integer(at_least=1), alpha=optional(real(above=0)),
+                     targets=_QKV_TARGETS, blocks=optional(indexes()))
 
     @property
     def scaling(self) -> float:
@@ -224,7 +210,7 @@ class LoRAOptions(MethodOptions):
 
 
 @register
-class LoRAMethod(TuningMethod):
+class LoRAMethod(TuningMethod[LoRAOptions]):
     """SAMed: LoRA on the encoder's q and v projections, full mask decoder.
 
     Default lr 0.005: SAMed's ``--base_lr`` (its ``train.py``), meant with linear warm-up
@@ -243,7 +229,7 @@ class LoRAMethod(TuningMethod):
         Raises:
             InputError: ``blocks`` names an attention layer the encoder does not have.
         """
-        options: LoRAOptions = self.options  # type: ignore[assignment]
+        options = self.options
         freeze(model)
         encoder, backbone = encoder_backbone(model)
         layers = backbone.attention_layers(encoder)

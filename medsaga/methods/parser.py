@@ -50,7 +50,9 @@ from torch.nn import functional as F
 from medsaga.errors import InputError
 from medsaga.methods.base import (MethodOptions, TuningMethod, base_image_encoder, encoder_backbone, freeze,
                                   unfreeze_mask_decoder)
+from medsaga.methods.options import check_fields, names, optional, real
 from medsaga.methods.registry import register
+from medsaga.model.fast_attention import TOKENWISE_ATTRIBUTE
 
 
 @dataclass(frozen=True)
@@ -77,16 +79,8 @@ class ParserOptions(MethodOptions):
     rank_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.layers is not None:
-            # JSON gives lists back, a command line may give one string: keep a tuple of strings.
-            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
-            object.__setattr__(self, "layers", layers)
-        if self.layers is not None and (
-                not self.layers or not all(isinstance(pattern, str) and pattern for pattern in self.layers)):
-            raise ValueError(f"layers must be one or more non-empty name patterns, got {self.layers!r}")
-        if isinstance(self.rank_fraction, bool) or not 0.0 < float(self.rank_fraction) <= 1.0:
-            raise ValueError(f"rank_fraction must be in (0, 1], got {self.rank_fraction!r}")
-        object.__setattr__(self, "rank_fraction", float(self.rank_fraction))
+        # JSON gives lists back, a command line may give one string: keep a tuple of patterns.
+        check_fields(self, layers=optional(names()), rank_fraction=real(above=0, at_most=1))
 
 
 def kept_rank(full_rank: int, rank_fraction: float) -> int:
@@ -161,11 +155,17 @@ class ReconstructedWeight(nn.Module):
 
 
 class ParserLinear(ReconstructedWeight):
-    """Drop-in for ``nn.Linear``: ``x (..., in) → (..., out)`` with ``W = U · diag(S) · Vᵀ``."""
+    """Drop-in for ``nn.Linear``: ``x (..., in) → (..., out)`` with ``W = U · diag(S) · Vᵀ``.
+
+    Token-wise, as the Linear it replaces: it says so with the ``medsaga_tokenwise`` attribute
+    (:data:`~medsaga.model.fast_attention.TOKENWISE_ATTRIBUTE`), so that
+    :mod:`medsaga.model.fast_attention` may skip the windows' padding around it.
+    """
 
     def __init__(self, linear: nn.Linear, rank_fraction: float) -> None:
         super().__init__(linear.weight, linear.bias, rank_fraction)
         self.in_features, self.out_features = linear.in_features, linear.out_features  # as nn.Linear's
+        setattr(self, TOKENWISE_ATTRIBUTE, True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_matrix(), self.bias)
@@ -220,7 +220,7 @@ def reconstructed_layers(model: nn.Module) -> list[ReconstructedWeight]:
 
 
 @register
-class ParserMethod(TuningMethod):
+class ParserMethod(TuningMethod[ParserOptions]):
     """SAM-PARSER: only the singular values of the encoder weights train; the decoder fully.
 
     Default lr 1e-4, with no weight decay on ``S``.
@@ -239,7 +239,7 @@ class ParserMethod(TuningMethod):
     default_lr = 1e-4
 
     def prepare(self, model: nn.Module) -> None:
-        options: ParserOptions = self.options  # type: ignore[assignment]
+        options = self.options
         freeze(model)
         encoder, backbone = encoder_backbone(model)
         patterns = options.layers if options.layers is not None else backbone.decomposable_patterns()

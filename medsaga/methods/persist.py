@@ -23,7 +23,7 @@ TRAINED_FILE = "trained.safetensors"
 METHOD_FILE = "method.json"
 
 
-def save_trained(method: TuningMethod, model: nn.Module, folder: Path) -> dict[str, Any]:
+def save_trained(method: TuningMethod[Any], model: nn.Module, folder: Path) -> dict[str, Any]:
     """Write the method's trained tensors and options into ``folder``; returns the JSON written."""
     from safetensors.torch import save_file
 
@@ -40,7 +40,7 @@ def save_trained(method: TuningMethod, model: nn.Module, folder: Path) -> dict[s
     return description
 
 
-def load_trained(folder: Path, model: nn.Module) -> TuningMethod:
+def load_trained(folder: Path, model: nn.Module) -> TuningMethod[Any]:
     """Rebuild the method saved in ``folder``, prepare ``model`` with it and load its tensors.
 
     ``model`` must be built as for training (same type, size, classes, base weights).

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 from medsaga.errors import InputError
 from medsaga.methods.base import TuningMethod
 
-_METHODS: dict[str, type[TuningMethod]] = {}
-MethodType = TypeVar("MethodType", bound=type[TuningMethod])
+_METHODS: dict[str, type[TuningMethod[Any]]] = {}
+MethodType = TypeVar("MethodType", bound=type[TuningMethod[Any]])
 
 
 def register(method: MethodType) -> MethodType:
@@ -25,13 +25,13 @@ def method_names() -> list[str]:
     return [method.name for method in method_classes()]
 
 
-def method_classes() -> list[type[TuningMethod]]:
+def method_classes() -> list[type[TuningMethod[Any]]]:
     """Registered method classes, in the order of :data:`BUILTIN_METHOD_MODULES`."""
     _import_builtin_methods()
     return list(_METHODS.values())
 
 
-def method_class(name: str) -> type[TuningMethod]:
+def method_class(name: str) -> type[TuningMethod[Any]]:
     """The method class registered as ``name``.
 
     Raises:
@@ -43,7 +43,7 @@ def method_class(name: str) -> type[TuningMethod]:
     return _METHODS[name]
 
 
-def create_method(name: str, options: dict[str, Any] | None = None) -> TuningMethod:
+def create_method(name: str, options: dict[str, Any] | None = None) -> TuningMethod[Any]:
     """A method by name, with options from a dict (e.g. a run's config.json).
 
     Raises:

@@ -40,8 +40,9 @@ their exact gradients.
 When ``attn.qkv`` (or ``attn.proj``) is not token-wise, e.g. Conv-LoRA's convolution experts,
 which look across each padded window and see the zeros, padding changes real outputs and cannot
 be skipped: such blocks keep SAM's padded windows (still with the fused kernel). Token-wise are
-``nn.Linear``, LoRA's ``LoRAQKV``, SAM-PARSER's ``ParserLinear``, and any module with a true
-``medsaga_tokenwise`` attribute.
+``nn.Linear`` and any module with a true ``medsaga_tokenwise`` attribute (:data:`TOKENWISE_ATTRIBUTE`):
+a tuning method that replaces ``qkv`` or ``proj`` with a token-wise layer sets it on that layer
+(LoRA's ``LoRAQKV``, SAM-PARSER's ``ParserLinear`` do), so nothing here names a method's classes.
 
 Use :func:`speed_up_encoder` on a built encoder. It swaps the classes of SAM's ``Block`` and
 ``Attention`` instances for the subclasses below: no parameter, buffer or name changes, so state
@@ -65,22 +66,21 @@ _sam_vit = importlib.import_module("segment_anything.modeling.image_encoder")
 SamBlock: type[nn.Module] = _sam_vit.Block
 SamAttention: type[nn.Module] = _sam_vit.Attention
 
-# Token-wise qkv/proj replacements of medsaga's tuning methods, by qualified name (importing
-# medsaga.methods from here would be a cycle: they import medsaga.model).
-TOKENWISE_TYPES = frozenset({"medsaga.methods.lora.LoRAQKV", "medsaga.methods.parser.ParserLinear"})
 TOKENWISE_ATTRIBUTE = "medsaga_tokenwise"
+"""A module whose attribute of this name is true declares itself token-wise (:func:`is_tokenwise`)."""
 
 
 def is_tokenwise(module: nn.Module) -> bool:
     """Whether ``module`` maps each token on its own (``f(x)[..., t, :]`` depends on token ``t`` only).
 
     Only then may padded tokens be skipped: their ``qkv`` is ``module(0)``, whatever the window.
+    A plain ``nn.Linear`` is; any other module is when it says so with a true
+    :data:`TOKENWISE_ATTRIBUTE` (an ``nn.Linear`` may also say it is not).
     """
     flag = getattr(module, TOKENWISE_ATTRIBUTE, None)
     if flag is not None:
         return bool(flag)
-    kind = type(module)
-    return kind is nn.Linear or f"{kind.__module__}.{kind.__qualname__}" in TOKENWISE_TYPES
+    return type(module) is nn.Linear
 
 
 def window_segments(length: int, window: int) -> list[tuple[int, int, int]]:
