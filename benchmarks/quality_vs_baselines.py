@@ -210,6 +210,7 @@ def run_one(args: argparse.Namespace, name: str, k: int, contender: str) -> dict
         timings = finetune_predict_evaluate(finetune, run, images, labels, title, logs=run.parent / contender)
         report = json.loads((run / "report.json").read_text(encoding="utf-8"))
         trained = {"steps": report["steps"], "time_budget": report.get("time_budget"),
+                   "decoder_warmup_steps": (report.get("decoder_warmup") or {}).get("steps"),
                    "train_wall_seconds": report["wall_seconds"], "options": finetune[3:]}
     else:
         runner = _BASELINES[contender]
@@ -317,7 +318,8 @@ _BASELINES: dict[str, Any] = {"unet": _UNet, "nnunet": _LazyNNUNet}
 
 
 # The figures of each task's table: (row key, heading, decimals). The Markdown and the page show these.
-TASK_COLUMNS = (("mean_dice", "mean Dice", 3), ("mean_hd95", "mean HD95 mm", 1), ("steps", "steps", 0),
+TASK_COLUMNS = (("mean_dice", "mean Dice", 3), ("mean_hd95", "mean HD95 mm", 1),
+                ("warmup_steps", "decoder warm-up steps", 0), ("steps", "steps", 0),
                 ("train_wall_seconds", "train wall s", 0), ("cpu_seconds", "CPU s (all)", 0))
 DICE_DECIMALS = 3
 
@@ -339,6 +341,7 @@ def task_tables(records: list[dict[str, Any]]) -> list[tuple[str, list[str], lis
                           "dice": {n: (classes.get(n) or {}).get("dice") for n in names},
                           "mean_dice": r["mean_dice"], "mean_hd95": sum(hd95) / len(hd95) if hd95 else None,
                           "steps": r["trained"].get("steps"),
+                          "warmup_steps": r["trained"].get("decoder_warmup_steps"),
                           "train_wall_seconds": r["wall_seconds"].get("finetune", r["wall_seconds"].get("train")),
                           "cpu_seconds": r.get("cpu_seconds_all_commands")})
         tables.append((task, names, table))

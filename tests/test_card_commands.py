@@ -1,10 +1,11 @@
 """The two commands users know, exactly as written: ``medsaga finetune --shots K DATA`` and
 ``medsaga predict scan.nii.gz`` (issue 26), in a temporary working directory.
 
-The end-to-end test runs the command lines in-process with one substitution: the default model is
-the tiny random-weights SAM at 64 px instead of LiteMedSAM at 256 px (0.1 slices/s on a shared
-2-core CPU would make the default run take minutes); that LiteMedSAM is the default is checked on
-its own (``test_default_model_is_the_installed_litemedsam``).
+Two end-to-end tests run the command lines in-process. One runs the real defaults with no
+substitution (the installed LiteMedSAM, GaLore, 128 px on a CPU) on a dataset small enough for
+the default 10 epochs to be 5 steps (49 CPU-seconds here); the other checks the folder naming,
+``runs/latest`` and predict's choices over several runs with one substitution, the tiny
+random-weights SAM at 64 px as the default model (seconds instead of minutes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from medsaga.errors import InputError
 from medsaga.io.paths import FOLDER_MARKER
 from medsaga.runs import (NO_RUN_MESSAGE, PredictTarget, default_run_dir, latest_run, record_latest,
                           resolve_predict_target)
-from tests.dataset_factory import make_nnunet, phantom, write_nifti
+from tests.dataset_factory import LABELS, make_nnunet, phantom, write_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,3 +224,39 @@ def test_default_model_without_its_package_is_the_pip_line(tmp_path: Path) -> No
     assert result.stderr.strip().splitlines() == [f"error: the LiteMedSAM weights are not installed: {INSTALL_COMMAND}"]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_real_defaults_run_as_written_on_a_few_small_slices(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """No substitution: the installed LiteMedSAM, GaLore, the CPU's default size, on two cases of
+    one labelled slice each (so the default 10 epochs are 5 steps: about a minute on one core)."""
+    import json
+
+    from medsaga.model.packaged_weights import installed_litemedsam
+
+    if installed_litemedsam() is None:
+        pytest.skip("the LiteMedSAM weights package is not installed")
+    monkeypatch.chdir(tmp_path)
+    for index in range(2):
+        image, label = phantom(shape=(16, 12, 3), seed=index)
+        label[:, :, [0, 2]] = 0  # one labelled slice per case
+        write_nifti(tmp_path / "DATA" / "imagesTr" / f"case_{index:03d}_0000.nii.gz", image)
+        write_nifti(tmp_path / "DATA" / "labelsTr" / f"case_{index:03d}.nii.gz", label)
+    (tmp_path / "DATA" / "dataset.json").write_text(json.dumps(
+        {"name": "Test", "channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 2, "file_ending": ".nii.gz"}))
+    scan, _ = phantom(shape=(16, 12, 3), seed=9)
+    write_nifti(tmp_path / "scan.nii.gz", scan)
+
+    code, out, err = medsaga("finetune", "--shots", "2", "DATA")
+    assert code == 0, err
+    run = Path("runs/Test-galore-k2")
+    assert any(line.startswith("model litemedsam at 128 px from") and "default for training on a CPU" in line
+               for line in err.splitlines()), err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["type"] == "litemedsam" and config["model"]["image_size"] == 128
+    assert config["method"]["name"] == "galore" and config["training"]["steps"] == 5
+    assert config["decoder_warmup"] is None  # 5 steps: too short for one
+    code, out, err = medsaga("predict", "scan.nii.gz")
+    assert code == 0, err
+    written = nib.load("predictions/scan.nii.gz")
+    assert written.shape == scan.shape and np.allclose(written.affine, nib.load("scan.nii.gz").affine)

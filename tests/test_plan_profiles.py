@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -168,16 +167,15 @@ def test_a_changed_architecture_does_not_read_the_shipped_profile(tmp_path: Path
 
 
 def test_vit_b_plan_answers_from_shipped_profiles_in_seconds(tmp_path: Path) -> None:
-    started = time.perf_counter()
     result = plan_cli(SAMPLE, "--model", "vit_b", "--image-size", "256", "--gpu-memory", "8GiB", "--out",
                       tmp_path / "plan.json", cache=tmp_path / "cache")
-    seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     assert "profiling now" not in result.stderr
     document = json.loads((tmp_path / "plan.json").read_text())
     assert len(document["rows"]) == 14 and {row["source"] for row in document["rows"]} == {SHIPPED}
     assert "source" in result.stdout and "shipped: profiled with 3 classes" in result.stdout
-    assert seconds < 60, seconds  # ~5 s on an idle 2-core machine; generous for a loaded CI one
+    # Nothing was profiled: the answer came from the files alone (how long that takes is a timing:
+    # docs/plan.md quotes `time medsaga plan ...`, not a test).
 
 
 # --- one story: plan, benchmark and finetune's report on one configuration ------------------------
@@ -202,7 +200,7 @@ def test_plan_benchmark_and_finetune_report_agree(tmp_path: Path) -> None:
                                               batch_size=batch, methods="galore", steps=1, threads=1, device="cpu"),
                              _Quiet())
     entry = next(e for e in document["entries"] if e["label"] == "galore")
-    assert entry["memory_profile"] == "lean" and entry["lean_settings"] == row.applied == \
+    assert entry["memory_profile"] == "lean" and tuple(entry["lean_settings"]) == tuple(row.applied) == \
         ("layerwise", "activation_checkpointing")
     assert entry["options"]["layerwise"] is True and entry["activation_checkpointing_applied"]
     memory = entry["memory"]

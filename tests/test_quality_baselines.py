@@ -55,10 +55,14 @@ def test_table_only_prints_kept_records(tmp_path: Path, capsys: pytest.CaptureFi
     records = tmp_path / "records"
     records.mkdir()
     for contender, dice in (("unet", 0.5), ("medsaga-default", 0.7)):
-        (records / f"chaos-mr-abdomen-k2-{contender}.json").write_text(json.dumps(_record(contender, dice)))
+        record = _record(contender, dice)
+        if contender == "medsaga-default":  # a run with a decoder warm-up: its steps get their column
+            record["trained"]["decoder_warmup_steps"] = 40
+        (records / f"chaos-mr-abdomen-k2-{contender}.json").write_text(json.dumps(record))
     assert qvb.main(["--table-only", "--records", str(records), "--out", str(tmp_path / "out")]) == 0
     table = capsys.readouterr().out
-    assert "| 2 | unet | 0.500 | – | 0.250 | 10.0 | 100 | 598 | 1,200 |" in table
+    assert "| 2 | unet | 0.500 | – | 0.250 | 10.0 | – | 100 | 598 | 1,200 |" in table
+    assert "| 2 | medsaga-default | 0.700 | – | 0.350 | 10.0 | 40 | 100 | 598 | 1,200 |" in table
     assert "| chaos-mr-abdomen | 2 | 0.250 | 0.350 | – | – |" in table
 
 
