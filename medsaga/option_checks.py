@@ -26,7 +26,7 @@ def check_real(option: str, value: float, *, above: float | None = None, at_leas
         valid = ((above is None or value > above) and (at_least is None or value >= at_least)
                  and (below is None or value < below) and (at_most is None or value <= at_most))
     if not valid:
-        raise InputError(f"{option} must be a finite number{_range_text(above, at_least, below, at_most)}, "
+        raise InputError(f"{option} must be a finite number{range_text(above, at_least, below, at_most)}, "
                          f"got {value!r}")
     return float(value)
 
@@ -39,7 +39,7 @@ def check_int(option: str, value: int, *, at_least: int | None = None, at_most: 
     if not valid:
         if at_least is not None and at_most is None:
             raise InputError(f"{option} must be at least {at_least}, got {value!r}")
-        raise InputError(f"{option} must be an integer{_range_text(None, at_least, None, at_most)}, got {value!r}")
+        raise InputError(f"{option} must be an integer{range_text(None, at_least, None, at_most)}, got {value!r}")
     return int(value)
 
 
@@ -58,7 +58,7 @@ def check_fraction(option: str, value: float) -> float:
     return check_real(option, value, at_least=0, below=1)
 
 
-def _range_text(above: float | None, at_least: float | None, below: float | None, at_most: float | None) -> str:
+def range_text(above: float | None, at_least: float | None, below: float | None, at_most: float | None) -> str:
     """`` in [0, 1)``, `` above 0``, `` of at least 0``: the bounds as the error line states them."""
     low = f"({above:g}" if above is not None else f"[{at_least:g}" if at_least is not None else None
     high = f"{below:g})" if below is not None else f"{at_most:g}]" if at_most is not None else None

@@ -33,6 +33,8 @@ from dataclasses import fields
 from numbers import Integral, Real
 from typing import Any
 
+from medsaga.option_checks import range_text
+
 Check = Callable[[str, Any], Any]
 """``check(field name, value) -> the value in canonical form``; raises ``ValueError`` if refused."""
 
@@ -57,7 +59,7 @@ def integer(*, at_least: int | None = None, at_most: int | None = None) -> Check
     def check(name: str, value: Any) -> int:
         valid = isinstance(value, Integral) and not isinstance(value, bool)
         if not valid or (at_least is not None and value < at_least) or (at_most is not None and value > at_most):
-            raise ValueError(f"{name} must be an integer{_bounds(None, at_least, None, at_most)}, got {value!r}")
+            raise ValueError(f"{name} must be an integer{range_text(None, at_least, None, at_most)}, got {value!r}")
         return int(value)
 
     return check
@@ -76,7 +78,7 @@ def real(*, above: float | None = None, at_least: float | None = None, below: fl
             valid = ((above is None or value > above) and (at_least is None or value >= at_least)
                      and (below is None or value < below) and (at_most is None or value <= at_most))
         if not valid:
-            raise ValueError(f"{name} must be a finite number{_bounds(above, at_least, below, at_most)}, "
+            raise ValueError(f"{name} must be a finite number{range_text(above, at_least, below, at_most)}, "
                              f"got {value!r}")
         return float(value)
 
@@ -148,20 +150,3 @@ def optional(check: Check) -> Check:
         return None if value is None else check(name, value)
 
     return check_optional
-
-
-def _bounds(above: float | None, at_least: float | None, below: float | None, at_most: float | None) -> str:
-    """`` in (0, 1]``, `` above 0``, `` of at least 1``: the bounds as the error message states them."""
-    low = f"({above:g}" if above is not None else f"[{at_least:g}" if at_least is not None else None
-    high = f"{below:g})" if below is not None else f"{at_most:g}]" if at_most is not None else None
-    if low is not None and high is not None:
-        return f" in {low}, {high}"
-    if above is not None:
-        return f" above {above:g}"
-    if at_least is not None:
-        return f" of at least {at_least:g}"
-    if below is not None:
-        return f" below {below:g}"
-    if at_most is not None:
-        return f" of at most {at_most:g}"
-    return ""

@@ -22,7 +22,7 @@ from medsaga.plan.extrapolate import PeakModel, PeakPrediction, StepMeasurement,
 from medsaga.plan.measure import TrainingConfig, measure_step, profile_in_subprocess
 from medsaga.plan.profiles import (MEASURED, PROFILED_BATCHES, Profile, ProfileKey, ProfileStore, device_name,
                                    make_key)
-from medsaga.errors import InputError
+from medsaga.option_checks import check_memory_size, parse_memory  # noqa: F401 (parse_memory: plan's API)
 from medsaga.train.memory_profile import LEAN, SPEED, MemoryProfile, resolve_memory_profile
 
 PROFILES = (LEAN, SPEED)
@@ -189,39 +189,10 @@ def plan(methods: Sequence[str], *, model_type: str, num_classes: int, image_siz
     return rows
 
 
-UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-         "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
-
-
 def gpu_memory_bytes(text: str | None) -> int | None:
-    """``--gpu-memory`` in bytes (:func:`parse_memory`); ``None`` when not given.
+    """``--gpu-memory`` in bytes (:func:`~medsaga.option_checks.parse_memory`); ``None`` when not given.
 
     Raises:
         InputError: not a memory size.
     """
-    if text is None:
-        return None
-    try:
-        return parse_memory(text)
-    except ValueError as error:
-        raise InputError(f"--gpu-memory: {error}") from None
-
-
-def parse_memory(text: str) -> int:
-    """``12GiB`` → 12 × 2³⁰ bytes; ``8GB`` → 8 × 10⁹ (SI, as the units say); bare numbers are bytes.
-
-    Raises:
-        ValueError: not a size.
-    """
-    stripped = text.strip().replace(" ", "").lower()
-    number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = stripped[len(number):]
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r} in {text!r} (use GiB, GB, MiB...)")
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"not a memory size: {text!r} (e.g. 12GiB)") from None
-    if value <= 0:
-        raise ValueError(f"memory must be positive, got {text!r}")
-    return int(value * UNITS[unit])
+    return check_memory_size("--gpu-memory", text)
