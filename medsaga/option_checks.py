@@ -21,11 +21,7 @@ def check_real(option: str, value: float, *, above: float | None = None, at_leas
 
     ``above``/``below`` are exclusive bounds, ``at_least``/``at_most`` inclusive ones.
     """
-    valid = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if valid:
-        valid = ((above is None or value > above) and (at_least is None or value >= at_least)
-                 and (below is None or value < below) and (at_most is None or value <= at_most))
-    if not valid:
+    if not is_real_within(value, above, at_least, below, at_most):
         raise InputError(f"{option} must be a finite number{range_text(above, at_least, below, at_most)}, "
                          f"got {value!r}")
     return float(value)
@@ -56,6 +52,16 @@ def check_non_negative(option: str, value: float) -> float:
 def check_fraction(option: str, value: float) -> float:
     """A finite number in ``[0, 1)`` (a share of the steps, say)."""
     return check_real(option, value, at_least=0, below=1)
+
+
+def is_real_within(value: object, above: float | None, at_least: float | None, below: float | None,
+                   at_most: float | None) -> bool:
+    """A finite real number (not a bool) within the bounds: ``above``/``below`` exclusive,
+    ``at_least``/``at_most`` inclusive (``None``: no bound)."""
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return ((above is None or value > above) and (at_least is None or value >= at_least)
+            and (below is None or value < below) and (at_most is None or value <= at_most))
 
 
 def range_text(above: float | None, at_least: float | None, below: float | None, at_most: float | None) -> str:

@@ -27,13 +27,12 @@ an :class:`~medsaga.errors.InputError`. The commands' own options are checked al
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
-from medsaga.option_checks import range_text
+from medsaga.option_checks import is_real_within, range_text
 
 Check = Callable[[str, Any], Any]
 """``check(field name, value) -> the value in canonical form``; raises ``ValueError`` if refused."""
@@ -73,11 +72,7 @@ def real(*, above: float | None = None, at_least: float | None = None, below: fl
     """
 
     def check(name: str, value: Any) -> float:
-        valid = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-        if valid:
-            valid = ((above is None or value > above) and (at_least is None or value >= at_least)
-                     and (below is None or value < below) and (at_most is None or value <= at_most))
-        if not valid:
+        if not is_real_within(value, above, at_least, below, at_most):
             raise ValueError(f"{name} must be a finite number{range_text(above, at_least, below, at_most)}, "
                              f"got {value!r}")
         return float(value)
