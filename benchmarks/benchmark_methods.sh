@@ -17,3 +17,7 @@ $MEDSAGA benchmark "$DATA" --model vit_b --image-size 256 --batch-size 2 --steps
     --methods all,decoder@cache,adapter@cache,galore:layerwise=true,galore@ckpt:layerwise=true,lora@ckpt,full@ckpt,lora@padded \
     --out "$OUT" --force "$@"
 cat "$OUT/benchmark.md"
+# The committed record behind the table in docs/performance.md (with commit, torch and CPU).
+PYTHON=${PYTHON:-.venv/bin/python}
+$PYTHON benchmarks/records.py keep "$OUT/benchmark.json" benchmarks/results/benchmark_methods/vit_b-256.json \
+    --command-line "bash benchmarks/benchmark_methods.sh $DATA $OUT $*"

@@ -37,6 +37,7 @@ import torch
 from medsaga.benchmark.flops import DTYPES, MatmulPeak, count_flops
 from medsaga.model.build import build_sam
 from medsaga.model.fast_attention import speed_up_encoder
+from records import save_record
 
 
 def sweep(peak: MatmulPeak) -> None:
@@ -134,6 +135,10 @@ def main() -> None:
     print("\nGF: GFLOP per image; ms: per image (best run); GF/s: need GF / time (sam GF/s*: sam GF / its"
           " time); fp32 pk / bf16 pk: matmul GFLOP/s, best probe taken between this row's runs;"
           " %fp32 pk / %bf16 pk: fast GF/s as a share of those.")
+    save_record("encoder_speed", args.model,
+                {"model": args.model, "matmul_peaks_gflops": {name: peak.rate for name, peak in peaks.items()},
+                 "rows": [{"image_size": size, "batch": batch, "dtype": dtype_name, **result}
+                          for size, batch, dtype_name, result in rows]})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from medsaga.methods import method_names
+from records import save_record
 
 
 def main() -> None:
@@ -32,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'method':<10}{'trainable':>12}{'peak MiB':>10}{'optim MiB':>10}{'act MiB':>9}{'slices/s':>10}"
           f"{'train s':>8}{'total s':>8}{'val Dice':>10}")
+    rows = []
     for method in args.methods.split(","):
         run = args.out / method
         started = time.perf_counter()
@@ -53,6 +55,13 @@ def main() -> None:
               f"{report['peak_memory']['peak_above_baseline_bytes'] / 2**20:>10.0f}"
               f"{memory['optimizer_state'] / 2**20:>10.1f}{memory['saved_activations'] / 2**20:>9.1f}"
               f"{report['slices_per_second']:>10.1f}{report['wall_seconds']:>8.0f}{total:>8.0f}{dice:>10.3f}", flush=True)
+        rows.append({"method": method, "trainable": report["trainable_parameters"],
+                     "peak_above_baseline_bytes": report["peak_memory"]["peak_above_baseline_bytes"],
+                     "optimizer_state_bytes": memory["optimizer_state"],
+                     "saved_activation_bytes": memory["saved_activations"],
+                     "slices_per_second": report["slices_per_second"], "training_seconds": report["wall_seconds"],
+                     "command_seconds": total, "validation_dice": report["validation_dice"]})
+    save_record("finetune_malf_all_methods", f"tiny-{args.image_size}", {"image_size": args.image_size, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from records import environment
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("galore", "adapter", "parser", "lora", "conv-lora", "decoder", "full")
 INITS = ("pretrained", "random")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     # A kept record keeps the date and machine of its measurement: only a run done now,
                     # or one whose record is missing, writes it.
                     if ran_now or not kept.is_file():
-                        kept.write_text(json.dumps({**record, "settings": _settings(args), "measured": _machine()},
+                        kept.write_text(json.dumps({**record, "settings": _settings(args), "measured": environment()},
                                                    indent=2) + "\n", encoding="utf-8")
                     records.append(record)
                 elif kept.is_file():
@@ -108,20 +110,6 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """What must be equal for two runs to share a table."""
     return {"steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size, "seed": args.seed,
             "test_slices": args.test_slices, "pool": args.pool, "test": args.test}
-
-
-def _machine() -> dict[str, Any]:
-    """When and on what a record was measured."""
-    import os
-    import platform
-
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": cpu, "cores": os.cpu_count()}
 
 
 def _kept_record(path: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from records import save_record  # noqa: E402
+
 # Kinds of operation for "where the time goes" (profiler op names, substring match, first wins).
 KINDS = (("attention", ("scaled_dot_product", "_softmax", "bmm")),
          ("linear (matmul)", ("addmm", "aten::mm", "linear")),
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LiteMedSAM image encoder, {args.image_size} px, fp32, {torch.get_num_threads()} threads, malloc "
           f"{'tuned as finetune' if args.tuned_malloc else 'glibc default (as predict)'}; "
           f"{flops / 1e9:.1f} GFLOP per slice; fp32 matmul peak {peaks['fp32']:.0f} GFLOP/s\n")
+    rows: list[dict[str, object]] = []
     print("| batch | code | s/slice | slices/s | GFLOP/s | % of fp32 peak | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for batch in args.batches:
@@ -93,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             difference = (output - results["published"]).abs().max().item() if "published" in results else float("nan")
             print(f"| {batch} | {name} | {best / batch:.3f} | {batch / best:.2f} | {rate:.1f} | "
                   f"{100 * rate / peaks['fp32']:.0f} % | {difference:.1e} |", flush=True)
+            rows.append({"batch": batch, "code": name, "seconds_per_slice": best / batch, "gflops_per_second": rate,
+                         "max_abs_difference": None if difference != difference else difference})
+    save_record("litemedsam_speed", f"{args.image_size}px" + ("-tuned-malloc" if args.tuned_malloc else ""),
+                {"image_size": args.image_size, "gflop_per_slice": flops / 1e9, "fp32_matmul_peak_gflops": peaks["fp32"],
+                 "malloc": "tuned as finetune" if args.tuned_malloc else "glibc default", "rows": rows})
     _where_the_time_goes(ours, torch.rand(4, 3, args.image_size, args.image_size))
     return 0
 

@@ -27,6 +27,7 @@ import torch
 
 from medsaga.plan.measure import measure_step
 from medsaga.plan.run import default_profiled_sizes, fit_config, training_config
+from records import save_record
 
 GIB = 2**30
 
@@ -93,6 +94,7 @@ def main() -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    save_record("memory_plan", f"{args.model}-{args.device}", document)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,7 @@ $MEDSAGA benchmark "$DATA" --model vit_b --image-size 512 --batch-size 4 --steps
     --methods lora,galore@ckpt:layerwise=true,full,adapter,lora@ckpt \
     --out "$OUT" --force "$@"
 cat "$OUT/benchmark.md"
+# The committed record behind the table in docs/performance.md (with commit, torch and CPU).
+PYTHON=${PYTHON:-.venv/bin/python}
+$PYTHON benchmarks/records.py keep "$OUT/benchmark.json" benchmarks/results/memory_targets/vit_b-512.json \
+    --command-line "bash benchmarks/memory_targets.sh $DATA $OUT $*"

@@ -17,6 +17,7 @@ from medsaga.losses import segmentation_loss
 from medsaga.methods import count_parameters, create_method, method_names
 from medsaga.model.build import build_sam
 from medsaga.model.segmenter import SamSegmenter
+from records import save_record
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -36,6 +37,7 @@ def main() -> None:
     labels = torch.randint(0, args.classes + 1, (1, args.image_size, args.image_size))
     print(f"{args.model} at {args.image_size}, {args.classes} classes, fp32, one step on the CPU")
     print(f"{'method':<10}{'trainable':>14}{'total':>14}{'optimizer state':>18}")
+    rows = []
     for name in method_names():
         model = SamSegmenter(build_sam(args.model, num_classes=args.classes, image_size=args.image_size))
         method = create_method(name)
@@ -45,6 +47,10 @@ def main() -> None:
         optimizer.step()
         trainable, total = count_parameters(model)
         print(f"{name:<10}{trainable:>14,}{total:>14,}{state_bytes(optimizer) / 2**20:>15.1f} MiB")
+        rows.append({"method": name, "trainable": trainable, "total": total,
+                     "optimizer_state_bytes": state_bytes(optimizer)})
+    save_record("optimizer_state", f"{args.model}-{args.image_size}",
+                {"model": args.model, "image_size": args.image_size, "classes": args.classes, "rows": rows})
 
 
 if __name__ == "__main__":

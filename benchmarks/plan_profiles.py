@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from medsaga import __version__  # noqa: E402
+from records import commit, cpu_name  # noqa: E402
 from medsaga.io.atomic import atomic_output  # noqa: E402
 from medsaga.methods.registry import method_names  # noqa: E402
 from medsaga.plan.measure import TrainingConfig, profile_in_subprocess  # noqa: E402
@@ -50,28 +49,6 @@ from medsaga.plan.run import PROFILES, default_profiled_sizes, training_config  
 
 FIRST = ("galore:lean", "lora:lean", "full:speed")  # what the 10 % check reads: made first
 FEW, MANY = 2, 14
-
-
-def commit() -> str:
-    """``HEAD``'s hash, with ``+ uncommitted changes`` when medsaga's sources differ from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "medsaga"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" + uncommitted changes" if dirty else "")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def configs(precisions: list[str], methods: list[str]) -> list[tuple[str, TrainingConfig]]:

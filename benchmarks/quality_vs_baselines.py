@@ -41,19 +41,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from litemedsam_quality import _machine, _test_set, finetune_predict_evaluate  # noqa: E402  (the shared runner)
+from litemedsam_quality import _test_set, finetune_predict_evaluate  # noqa: E402  (the shared runner)
+from records import environment, write_json  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         record = run_one(args, name, k, contender)
                         if record is not None:
-                            _write_record(kept, record)
+                            write_json(kept, record)  # a record is there whole or not at all
     records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(args.records.glob("*.json"))]
     print(markdown(records, args.budget))
     page = write_page(args.page or args.out / "report.html", records, args.out, args.data, args.records, planes)
@@ -229,30 +229,12 @@ def run_one(args: argparse.Namespace, name: str, k: int, contender: str) -> dict
             "seed": args.seed,
             "classes": classes, "mean_dice": _mean([c["dice"] for c in classes.values()]),
             "wall_seconds": {**timings, "all": round(time.perf_counter() - started, 1)},
-            "cpu_seconds_all_commands": round(cpu, 1), "trained": trained, "measured": _environment()}
+            "cpu_seconds_all_commands": round(cpu, 1), "trained": trained, "measured": environment()}
 
 
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _environment() -> dict[str, Any]:
-    """When, on what and with which code a record was measured."""
-    import torch
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return {**_machine(), "medsaga_commit": commit + ("+uncommitted" if dirty else ""), "torch": torch.__version__,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "mkl_num_threads": os.environ.get("MKL_NUM_THREADS")}
-
-
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)  # a record is there whole or not at all
 
 
 def _mean(values: list[float | None]) -> float:

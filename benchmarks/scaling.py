@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from records import save_record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 "global_batch": args.batch_size, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    save_record("scaling", f"{args.model}-{args.method}-{args.image_size}", document)
     table = markdown(rows)
     (args.out / "scaling.md").write_text(table + "\n", encoding="utf-8")
     print(table)

@@ -37,7 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from litemedsam_quality import _machine, _test_set, finetune_predict_evaluate  # noqa: E402  (shared with the quality table)
+from litemedsam_quality import _test_set, finetune_predict_evaluate  # noqa: E402  (shared with the quality table)
+from records import environment  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +151,7 @@ def _run(args: argparse.Namespace, method: str, cases: tuple[str, ...], images: 
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     dice = {summary["name"]: summary["dice"] for summary in metrics["mean"]}
     record = {"method": method, "cases": sorted(cases), "evaluated_on": len(images), "dice": dice,
-              "mean_dice": _mean(dice), "timings": timings, "settings": _settings(args), "measured": _machine()}
+              "mean_dice": _mean(dice), "timings": timings, "settings": _settings(args), "measured": environment()}
     kept.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 

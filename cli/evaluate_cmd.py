@@ -78,9 +78,14 @@ def evaluate(
     _check_options(tolerance, overlay, images, out, slices, report)
     matching = match_cases(prediction, ground_truth)
     image_paths, image_json = match_images(images, matching.pairs) if images is not None else ({}, None)
-    report_images, images_note = _report_images(images, image_paths, ground_truth, matching) if report else ({}, "")
-    if report and images is None:
-        image_json = _dataset_images_json(ground_truth)
+    report_images, images_note = ({}, "")
+    if report:
+        from medsaga.report import dataset_images, report_images as choose_report_images
+
+        report_images, images_note = choose_report_images(images, image_paths, ground_truth,
+                                                          [pair.case_id for pair in matching.pairs])
+        if images is None:
+            image_json = dataset_images(ground_truth, [])[1]
     preset = overlay_preset(intensity, [image_json, labels, matching.dataset_json]) if overlay or report else None
     outputs = planned_outputs(out, [p.case_id for p in matching.pairs] if overlay else [], report)
     check_outputs(outputs, force, [prediction, ground_truth, labels, images])
@@ -157,30 +162,6 @@ def _report_unmatched(matching: "Matching", prediction: Path, ground_truth: Path
                                                                f"{ground_truth}")):
         if ids:
             errors.print(f"warning: {len(ids)} {what}, not evaluated: {_some(ids)}", markup=False)
-
-
-def _report_images(images: Path | None, checked: dict[str, Path], ground_truth: Path,
-                   matching: "Matching") -> tuple[dict[str, Path], str]:
-    """The images the report draws on, and a sentence saying which: ``--images`` (checked with the
-    label maps), else the ground-truth dataset's own images where it has them, else none."""
-    from medsaga.report import dataset_images
-
-    if images is not None:
-        return checked, f"Overlays drawn on the images of {images}."
-    found, _ = dataset_images(ground_truth, [pair.case_id for pair in matching.pairs])
-    if found:
-        missing = len(matching.pairs) - len(found)
-        return found, (f"Overlays drawn on the images beside the ground truth ({ground_truth})"
-                       + (f"; {missing} case(s) without one are drawn on a neutral grey." if missing else ".")
-                       + " --images chooses others.")
-    return {}, ("No images (give --images, or a ground-truth dataset with imagesTr/): the labels are drawn on a "
-                "neutral grey.")
-
-
-def _dataset_images_json(ground_truth: Path) -> Path | None:
-    from medsaga.report import dataset_images
-
-    return dataset_images(ground_truth, [])[1]
 
 
 def _each(callbacks: list[Callable[..., None]]) -> Callable[..., None]:

@@ -10,8 +10,8 @@
 Importing this package is cheap; matplotlib is imported when a plot is drawn.
 """
 
-from medsaga.report.write import (REPORT_NAME, OverlayCollector, dataset_images, write_evaluation_report,
-                                  write_html, write_run_report)
+from medsaga.report.write import (REPORT_NAME, OverlayCollector, dataset_images, report_images,
+                                  write_evaluation_report, write_html, write_run_report)
 
-__all__ = ["REPORT_NAME", "OverlayCollector", "dataset_images", "write_evaluation_report", "write_html",
-           "write_run_report"]
+__all__ = ["REPORT_NAME", "OverlayCollector", "dataset_images", "report_images", "write_evaluation_report",
+           "write_html", "write_run_report"]
