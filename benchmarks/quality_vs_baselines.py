@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--records and --out")
     parser.add_argument("--redo", action="store_true", help="repeat runs that have a record")
     parser.add_argument("--table-only", action="store_true", help="only print the tables from the records")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="also rewrite the tables in README.md and docs/performance.md from the records")
     parser.add_argument("--page", type=Path, default=None,
                         help="where to write the comparison page (default OUT/report.html): the tables and each "
                              "contender's predictions side by side on the same slices")
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                             write_json(kept, record)  # a record is there whole or not at all
     records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(args.records.glob("*.json"))]
     print(markdown(records, args.budget))
+    if args.update_docs:
+        for path in update_docs(records):
+            print(f"updated the tables in {path}", file=sys.stderr)
     page = write_page(args.page or args.out / "report.html", records, args.out, args.data, args.records, planes)
     print(f"wrote {page}", file=sys.stderr)
     return 0
@@ -345,27 +350,64 @@ def budget_note(records: list[dict[str, Any]]) -> str:
             f"{' / '.join('CPU' if c == 'cpu' else 'wall-clock' for c in clocks)} time.")
 
 
-def markdown(records: list[dict[str, Any]], budget: float | None = None) -> str:
-    """Per task: one row per K and contender (per-class Dice, mean Dice, mean HD95, train steps and
-    seconds); then a summary of mean Dice per task and contender."""
-    if not records:
-        return "(no finished runs)"
+def task_markdown(records: list[dict[str, Any]], heading: str = "###") -> list[str]:
+    """Per task: one row per K and contender (per-class Dice, the :data:`TASK_COLUMNS` figures)."""
     lines: list[str] = []
     for task, names, rows in task_tables(records):
-        header = ["K", "contender", *[f"Dice {n}" for n in names], *(heading for _, heading, _ in TASK_COLUMNS)]
-        lines += [f"### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        header = ["K", "contender", *[f"Dice {n}" for n in names], *(title for _, title, _ in TASK_COLUMNS)]
+        lines += [f"{heading} {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in rows:
             cells = [str(row["k"]), row["contender"], *[_fmt(row["dice"][n], DICE_DECIMALS) for n in names],
                      *(_fmt(row[key], digits) for key, _, digits in TASK_COLUMNS)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["### Summary: mean Dice over classes", ""]
+    return lines
+
+
+def summary_markdown(records: list[dict[str, Any]]) -> list[str]:
+    """Mean Dice per task, K and contender (``–``: not run)."""
     header = ["task", "K", *CONTENDERS]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task, k, found in summary_rows(records):
         lines.append("| " + " | ".join([task, str(k), *[_fmt(found.get(c), 3) for c in CONTENDERS]]) + " |")
-    lines += ["", budget_note(records)]
-    return "\n".join(lines)
+    return lines
+
+
+def markdown(records: list[dict[str, Any]], budget: float | None = None) -> str:
+    """The per-task tables, then a summary of mean Dice per task and contender."""
+    if not records:
+        return "(no finished runs)"
+    return "\n".join([*task_markdown(records), "### Summary: mean Dice over classes", "",
+                      *summary_markdown(records), "", budget_note(records)])
+
+
+# Where --update-docs writes: (file under the repository, marker name, what goes between the markers).
+DOC_TABLES = (("README.md", "quality-vs-baselines:summary", summary_markdown),
+              ("docs/performance.md", "quality-vs-baselines:tables", lambda records: task_markdown(records, "####")))
+
+
+def replace_between_markers(text: str, name: str, body: list[str]) -> str:
+    """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` replaced by ``body``;
+    refused when the pair is missing or repeated, so hand-written prose around it is never touched."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"expected one {start} ... {end} pair")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + "\n" + "\n".join(body).strip("\n") + "\n" + end + tail
+
+
+def update_docs(records: list[dict[str, Any]], root: Path = ROOT) -> list[Path]:
+    """Rewrite the tables of :data:`DOC_TABLES` from ``records`` (atomically, each file whole)."""
+    written = []
+    for relative, name, make in DOC_TABLES:
+        path = root / relative
+        text = replace_between_markers(path.read_text(encoding="utf-8"), name, make(records))
+        write_text = path.with_name(f".{path.name}.tmp")
+        write_text.write_text(text, encoding="utf-8")
+        write_text.replace(path)
+        written.append(path)
+    return written
 
 
 def _fmt(value: float | None, digits: int) -> str:
