@@ -10,7 +10,6 @@ entry point), not in a fresh interpreter each.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import numpy as np
 import pytest
 
 from medsaga.train.finetune import FinetuneOptions
+from tests.cli_helpers import assert_refused, medsaga_in_process
+from tests.data_paths import SAMPLE
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_data"
 
 # finetune with everything else valid: a bad value in one option must be the reason it stops.
 TRAIN = ("finetune", "{data}", "--model", "tiny", "--random-init", "--shots", "1", "--steps", "1", "--out",
@@ -136,36 +134,12 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "label": str(label_path), "scans": str(scans), "unstarted": str(unstarted), "sample": str(SAMPLE)}
 
 
-def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """``medsaga ARGV`` in this process through the console entry point: (exit code, stderr)."""
-    from cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["medsaga", *argv])
-    try:
-        run()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    return code, capsys.readouterr().err
-
-
-def assert_refused(code: int, stderr: str, fragment: str) -> str:
-    """Exit 2, stderr's last line is the one ``error:`` line holding ``fragment``, no traceback."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2, (code, stderr)
-    assert "Traceback" not in stderr, stderr
-    assert lines and lines[-1].startswith("error: "), stderr
-    assert sum(line.startswith("error: ") for line in lines) == 1, stderr
-    assert fragment in lines[-1], (fragment, lines[-1])
-    return lines[-1]
-
-
 @pytest.mark.parametrize("argv, fragment", ROWS, ids=[" ".join(row[0][:1] + row[0][-2:]) for row in ROWS])
 def test_bad_input_is_one_line_and_exit_2(argv: tuple[str, ...], fragment: str, places: dict[str, str],
                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     names = {**places, "tmp": str(tmp_path)}
-    code, stderr = run_cli([part.format(**names) for part in argv], monkeypatch, capsys)
+    code, stderr = medsaga_in_process(capsys, monkeypatch, *(part.format(**names) for part in argv))
     assert_refused(code, stderr, fragment.format(**names))
     # Refused before any work: nothing was created for the outputs the row names.
     for name in ("run", "pred", "eval", "bench", "sel"):

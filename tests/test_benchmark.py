@@ -20,20 +20,11 @@ from medsaga.benchmark.worker import RECORD_FIELDS
 from medsaga.errors import InputError
 from medsaga.methods import method_names
 from medsaga.train.data import CaseStack
-from tests.test_cli import ROOT, assert_one_line_error
+from tests.cli_helpers import assert_one_line_error, medsaga
+from tests.data_paths import ROOT, SAMPLE
+from tests.reporters import QuietBenchmarkReporter
 
-SAMPLE = ROOT / "sample_data"
 NAMES = ["galore", "adapter", "parser", "lora", "conv-lora", "decoder", "full"]
-
-# The benchmark command, registered on the app if cli/main.py does not register it (yet).
-CLI = ("import sys; from cli.main import app, run; from cli import benchmark_cmd\n"
-       "if not any(c.name == 'benchmark' for c in app.registered_commands): benchmark_cmd.register(app)\n"
-       "run()")
-
-
-def benchmark_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CLI, "benchmark", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
 
 
 # --- the --methods syntax -------------------------------------------------------------------------
@@ -197,21 +188,6 @@ class _NoWorkers:
         raise AssertionError(f"a worker was started: {command}")
 
 
-class _Quiet:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.done: list[dict] = []
-
-    def info(self, message: str) -> None:
-        self.messages.append(message)
-
-    def on_entry_start(self, index: int, total: int, label: str) -> None:
-        pass
-
-    def on_entry_done(self, index: int, total: int, record: dict) -> None:
-        self.done.append(record)
-
-
 @pytest.mark.parametrize("methods, fragment", [("galore,samed", "unknown method 'samed'"),
                                                ("galore:rnk=4", "bad options for method 'galore'"),
                                                ("decoder@cache,lora@cache", "lora@cache: method 'lora' trains its "
@@ -219,12 +195,12 @@ class _Quiet:
 def test_bad_methods_fail_before_any_worker(tmp_path: Path, methods: str, fragment: str) -> None:
     options = BenchmarkOptions(data_dir=SAMPLE, out=tmp_path / "bench", model="tiny", image_size=64, methods=methods)
     with pytest.raises(InputError, match=fragment):
-        run_benchmark(options, _Quiet(), run_command=_NoWorkers())
+        run_benchmark(options, QuietBenchmarkReporter(), run_command=_NoWorkers())
     assert not (tmp_path / "bench").exists()
 
 
 def test_bad_method_is_one_line_error_on_the_command_line(tmp_path: Path) -> None:
-    result = benchmark_cli(SAMPLE, "--model", "tiny", "--methods", "galore,lora,bogus", "--out", tmp_path / "b")
+    result = medsaga("benchmark", SAMPLE, "--model", "tiny", "--methods", "galore,lora,bogus", "--out", tmp_path / "b")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: --methods: unknown method 'bogus'; choose from galore, adapter, parser, lora, conv-lora, decoder, "
@@ -251,7 +227,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str],
 
     options = BenchmarkOptions(data_dir=SAMPLE, out=out, model="tiny", image_size=64, batch_size=2, steps=1,
                                methods="galore@ckpt:layerwise=true,full", threads=1, device="cpu")
-    document = run_benchmark(options, _Quiet(), run_command=recording)
+    document = run_benchmark(options, QuietBenchmarkReporter(), run_command=recording)
     return document, stdouts, out
 
 
@@ -316,7 +292,7 @@ def test_table_on_the_command_line(measured, capsys: pytest.CaptureFixture[str])
 
 def test_existing_outputs_need_force(measured) -> None:
     _, _, out = measured
-    result = benchmark_cli(SAMPLE, "--model", "tiny", "--methods", "full", "--out", out)
+    result = medsaga("benchmark", SAMPLE, "--model", "tiny", "--methods", "full", "--out", out)
     assert_one_line_error(result, out, "already holds benchmark.json", "--force")
 
 

@@ -18,11 +18,14 @@ from medsaga.train.embedding_cache import BLOCKS, FIRST_READ, distinct_reads, pl
 from medsaga.train.finetune import finetune, options_from_run
 from medsaga.train.loop import LoopSettings, SilentObserver, _step_pairs, train
 from medsaga.train.time_budget import StepBudget, steps_for_budget
-from tests.test_cli import medsaga
-from tests.test_embedding_cache import SIZE, _one_thread, _prepared, _slices  # noqa: F401 (autouse fixture)
-from tests.test_finetune import SAMPLE, Interrupt, QuietReporter, tiny_options
+from tests.cli_helpers import medsaga
+from tests.data_paths import SAMPLE
+from tests.reporters import Interrupt, QuietReporter
+from tests.train_helpers import SIZE, FakeClock, cache_slices, prepared, tiny_options
 
 CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count_encoded(method, model) -> list[int]:
@@ -35,11 +38,11 @@ def _count_encoded(method, model) -> list[int]:
 
 def _train(tmp_path: Path, name: str, settings: LoopSettings, *, count: int = 9, method_name: str = "decoder",
            budget: StepBudget | None = None):
-    model, method = _prepared(method_name)
+    model, method = prepared(method_name)
     rows = _count_encoded(method, model)
     run = tmp_path / name
     run.mkdir()
-    result = train(model, method, _slices(count), settings, run, SilentObserver(),
+    result = train(model, method, cache_slices(count), settings, run, SilentObserver(),
                    Augmenter(AugmentSettings(prob=1.0), seed=settings.seed), device=CPU, time_budget=budget)
     return result, method.trained_state(model), rows[0]
 
@@ -187,7 +190,6 @@ def test_a_budgeted_run_encodes_lazily_and_resumes_exactly(tmp_path: Path) -> No
     """--time-budget: the steps are not known in advance, so each step encodes the pairs it reads
     first (timed apart from the step for the budget's probe); a resumed budget run encodes in the
     same batches and ends with the uninterrupted run's weights."""
-    from tests.test_time_budget import FakeClock
 
     options = dict(steps=None, time_budget="20s", checkpoint_every=3, method="decoder", method_options={},
                    cache_views=2)

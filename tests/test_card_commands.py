@@ -19,15 +19,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from medsaga.errors import InputError
 from medsaga.io.paths import FOLDER_MARKER
 from medsaga.runs import (NO_RUN_MESSAGE, PredictTarget, default_run_dir, latest_run, record_latest,
                           resolve_predict_target)
+from tests.cli_helpers import medsaga_runner
+from tests.data_paths import ROOT
 from tests.dataset_factory import LABELS, make_nnunet, phantom, write_nifti
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -52,21 +51,8 @@ def tiny_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(MODEL_TYPES, "tiny", replace(MODEL_TYPES["tiny"], default_image_size=64))
 
 
-def medsaga(*args: str) -> tuple[int, str, str]:
-    """``medsaga ARGS`` in-process (exit code, stdout, stderr); an InputError becomes exit 2 and
-    its one line, as cli.main.run does."""
-    from cli.main import app
-
-    result = CliRunner().invoke(app, list(args))
-    if isinstance(result.exception, InputError):
-        return 2, result.stdout, f"error: {result.exception}\n"
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def test_finetune_then_predict_exactly_as_written(workdir: Path, tiny_default: None) -> None:
-    code, out, err = medsaga("finetune", "--shots", "2", "DATA")
+    code, out, err = medsaga_runner("finetune", "--shots", "2", "DATA")
     assert code == 0, err
     run = Path("runs/Test-galore-k2")
     # Printed first (what was chosen and why) and last (where it is).
@@ -81,7 +67,7 @@ def test_finetune_then_predict_exactly_as_written(workdir: Path, tiny_default: N
     assert Path("runs/latest").is_symlink() and os.readlink("runs/latest") == run.name
     assert latest_run() == run
 
-    code, out, err = medsaga("predict", "scan.nii.gz")
+    code, out, err = medsaga_runner("predict", "scan.nii.gz")
     assert code == 0, err
     assert err.splitlines()[0] == (f"run {run} (runs/latest); predictions into predictions/ (the default; --out "
                                    "chooses another)")
@@ -92,10 +78,10 @@ def test_finetune_then_predict_exactly_as_written(workdir: Path, tiny_default: N
     assert sorted(p.name for p in Path(".").iterdir()) == ["DATA", "predictions", "runs", "scan.nii.gz"]
 
     # The same run named first still works, and a second finetune gets -2 and becomes the latest.
-    code, _, err = medsaga("predict", str(run), "scan.nii.gz", "--out", "again")
+    code, _, err = medsaga_runner("predict", str(run), "scan.nii.gz", "--out", "again")
     assert code == 0, err
     assert np.array_equal(np.asarray(nib.load("again/scan.nii.gz").dataobj), np.asarray(written.dataobj))
-    code, out, err = medsaga("finetune", "--shots", "2", "DATA", "--steps", "1")
+    code, out, err = medsaga_runner("finetune", "--shots", "2", "DATA", "--steps", "1")
     assert code == 0, err
     assert err.splitlines()[0].startswith("run folder runs/Test-galore-k2-2 (new")
     assert os.readlink("runs/latest") == "Test-galore-k2-2"
@@ -247,7 +233,7 @@ def test_the_real_defaults_run_as_written_on_a_few_small_slices(tmp_path: Path,
     scan, _ = phantom(shape=(16, 12, 3), seed=9)
     write_nifti(tmp_path / "scan.nii.gz", scan)
 
-    code, out, err = medsaga("finetune", "--shots", "2", "DATA")
+    code, out, err = medsaga_runner("finetune", "--shots", "2", "DATA")
     assert code == 0, err
     run = Path("runs/Test-galore-k2")
     assert any(line.startswith("model litemedsam at 128 px from") and "default for training on a CPU" in line
@@ -256,7 +242,7 @@ def test_the_real_defaults_run_as_written_on_a_few_small_slices(tmp_path: Path,
     assert config["model"]["type"] == "litemedsam" and config["model"]["image_size"] == 128
     assert config["method"]["name"] == "galore" and config["training"]["steps"] == 5
     assert config["decoder_warmup"] is None  # 5 steps: too short for one
-    code, out, err = medsaga("predict", "scan.nii.gz")
+    code, out, err = medsaga_runner("predict", "scan.nii.gz")
     assert code == 0, err
     written = nib.load("predictions/scan.nii.gz")
     assert written.shape == scan.shape and np.allclose(written.affine, nib.load("scan.nii.gz").affine)

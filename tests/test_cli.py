@@ -4,41 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cli_helpers import assert_one_line_error, medsaga
+from tests.data_paths import ROOT, need_shared
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-
-
-def medsaga(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run ``medsaga ARGS`` in a fresh interpreter, as a user would."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], path: Path, *fragments: str) -> None:
-    """Exit code 2, exactly one line on stderr that names ``path`` and says what is wrong."""
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("error: ") and str(path) in lines[0], lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def need_shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (CI provides ../shared beside the clone)")
-    return path
 
 
 def test_help_lists_commands() -> None:

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from medsaga.errors import InputError
-from tests.test_cli import ROOT
+from tests.data_paths import ROOT
 
 # Options several commands take with one meaning: one help text and one default everywhere.
 SHARED = {"--device", "--force", "--seed", "--series", "--precision", "--plane", "--intensity", "--checkpoint",

@@ -11,9 +11,8 @@ import pytest
 from medsaga.data.checks import check_case, iter_checked_cases, load_case, summarize_case
 from medsaga.data.dataset import discover_dataset
 from medsaga.errors import InputError
+from tests.data_paths import need_shared
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_nnunet_layout_is_discovered(tmp_path: Path) -> None:
@@ -146,9 +145,7 @@ def test_float_stored_integer_labels_are_fine(tmp_path: Path) -> None:
 
 
 def test_malf_brain_dataset() -> None:
-    root = SHARED / "malf-brain-t1"
-    if not root.is_dir():
-        pytest.skip(f"real data not available: {root} is absent (CI provides ../shared beside the clone)")
+    root = need_shared("malf-brain-t1")
     dataset = discover_dataset(root)
     assert len(dataset.cases) == 8 and len(dataset.labelled_cases) == 8
     assert dataset.labels == {"background": 0, "csf": 1, "grey_matter": 2, "white_matter": 3}

@@ -17,8 +17,10 @@ from medsaga.methods import create_method
 from medsaga.train.decoder_warmup import (DEFAULT_FRACTION, MIN_AUTO_STEPS, WARMUP_FOLDER, check_warmup_option,
                                           plan_with_warmup, resolve_fraction, split_steps)
 from medsaga.train.finetune import finetune, options_from_run
-from tests.test_cli import medsaga
-from tests.test_finetune import SAMPLE, Interrupt, QuietReporter, tiny_options
+from tests.cli_helpers import medsaga
+from tests.data_paths import SAMPLE
+from tests.reporters import Interrupt, QuietReporter
+from tests.train_helpers import FakeClock, facts, tiny_options
 
 DECODER_PREFIX = "sam.mask_decoder."
 
@@ -136,7 +138,6 @@ def test_the_phases_share_the_steps_or_the_budget(tmp_path: Path) -> None:
     """Planned without training: half the steps (or seconds) each, the warm-up on the cache."""
     from medsaga.train.finetune import check_inputs
     from medsaga.train.options import BUDGET_STEP_LIMIT
-    from tests.test_run_plan import facts
 
     galore_facts = facts(frozen_module=None)  # GaLore trains the encoder: no frozen part of its own
     stepped = plan_with_warmup(check_inputs(tiny_options(tmp_path / "a", steps=200)), galore_facts,
@@ -160,7 +161,6 @@ def test_the_phases_share_the_steps_or_the_budget(tmp_path: Path) -> None:
 def test_after_a_warmup_the_default_rates_step_down_and_given_rates_stay(tmp_path: Path) -> None:
     from medsaga.train.decoder_warmup import AFTER_WARMUP_RATE
     from medsaga.train.finetune import check_inputs
-    from tests.test_run_plan import facts
 
     galore_facts = facts(frozen_module=None, decoder_learning_rate=1e-3)
     default = plan_with_warmup(check_inputs(tiny_options(tmp_path / "a", steps=200)), galore_facts, "sam.image_encoder")
@@ -176,8 +176,6 @@ def test_after_a_warmup_the_default_rates_step_down_and_given_rates_stay(tmp_pat
 
 
 def test_a_budgeted_run_gives_the_warmup_its_share_of_the_seconds(tmp_path: Path) -> None:
-    from tests.test_time_budget import FakeClock
-
     run = tmp_path / "run"
     finetune(tiny_options(run, steps=None, time_budget="20s", checkpoint_every=100, decoder_warmup=0.5),
              QuietReporter(), clock=FakeClock(setup=5.0, tick=0.5))

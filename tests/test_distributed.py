@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from medsaga.train.finetune import finetune, options_from_run
-from tests.test_finetune import QuietReporter, tiny_options
+from tests.reporters import QuietPredictReporter, QuietReporter
+from tests.train_helpers import tiny_options
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
@@ -155,7 +156,6 @@ def _labels(folder: Path) -> dict[str, Any]:
 
 def test_cohort_prediction_writes_each_case_once_and_equals_single_process(ddp_runs: Path, tmp_path: Path) -> None:
     from medsaga.predict.pipeline import PredictOptions, predict
-    from tests.test_predict import Quiet
 
     images = sorted((ROOT / "sample_data" / "imagesTr").glob("phantom_00[1-5]_0000.nii.gz"))
     broken = tmp_path / "inputs" / "broken_0000.nii.gz"  # a cohort has its corrupt file
@@ -164,7 +164,7 @@ def test_cohort_prediction_writes_each_case_once_and_equals_single_process(ddp_r
     inputs = [*map(str, images), str(broken)]
     run = ddp_runs / "lora"
     single = predict(PredictOptions(run_dir=run, inputs=tuple(map(Path, inputs)), out=tmp_path / "single",
-                                    device="cpu"), Quiet())
+                                    device="cpu"), QuietPredictReporter())
     assert [f.case_id for f in single.failures] == ["broken"] and len(single.results) == 5
 
     cohort = tmp_path / "cohort"

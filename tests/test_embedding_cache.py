@@ -16,46 +16,18 @@ from medsaga.train.data import CaseStack, TrainingSlices
 from medsaga.train.embedding_cache import build_cache, use_cache, view_schedule
 from medsaga.train.loop import LoopSettings, SilentObserver, train
 from tests.method_helpers import tiny_segmenter
+from tests.train_helpers import SIZE, cache_slices, prepared
 
-SIZE = 64
 CPU = torch.device("cpu")
-# The adapter at 32 channels: the default 256 costs ~10x more CPU time and changes nothing checked here.
-OPTIONS = {"decoder": {}, "adapter": {"width": 32}}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and on a busy shared CPU several threads are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _slices(count: int = 5, seed: int = 0) -> TrainingSlices:
-    """``count`` native 40 x 48 slices with a bright labelled square each (letterboxed to 64)."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(count, 3, 40, 48, generator=generator) * 0.3
-    labels = torch.zeros(count, 40, 48, dtype=torch.long)
-    for index in range(count):
-        top = 4 + 3 * index
-        labels[index, top:top + 12, 10:26] = 1 + index % 3
-        images[index, :, top:top + 12, 10:26] += 0.5
-    return TrainingSlices([CaseStack("a", images[:3], labels[:3]), CaseStack("b", images[3:], labels[3:])], SIZE)
-
-
-def _prepared(name: str, seed: int = 0):
-    model = tiny_segmenter(image_size=SIZE, seed=seed)
-    method = create_method(name, OPTIONS[name])
-    method.prepare(model)
-    return model, method
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["decoder", "adapter"])
 def test_forward_from_the_frozen_output_is_the_uncached_forward(name: str) -> None:
     """Logits and gradients from (frozen part's output, image) equal those of ``model(image)``."""
-    model, method = _prepared(name)
-    images, labels = _slices().batch([0, 3])
+    model, method = prepared(name)
+    images, labels = cache_slices().batch([0, 3])
     with torch.inference_mode():
         frozen = method.frozen_encoder(model)(model.normalize(images))
     frozen = frozen.clone()  # an ordinary tensor, as the cache hands out
@@ -99,8 +71,8 @@ def test_only_decoder_and_adapter_declare_a_cacheable_part() -> None:
 
 
 def test_cache_holds_fixed_seeded_views_and_their_embeddings() -> None:
-    data = _slices()
-    model, method = _prepared("decoder")
+    data = cache_slices()
+    model, method = prepared("decoder")
     augmenter = Augmenter(AugmentSettings(prob=1.0), seed=3)
     cache = build_cache(model, method, data, augmenter, views=3, batch_size=2, device=CPU)
     assert cache.frozen is not None and cache.frozen.shape == (15, 256, 4, 4) and cache.images is None
@@ -122,7 +94,7 @@ def test_cache_holds_fixed_seeded_views_and_their_embeddings() -> None:
     described = cache.describe()
     assert (described["views"], described["entries"], described["bytes"]) == (3, 15, cache.nbytes)
 
-    adapter_model, adapter = _prepared("adapter")
+    adapter_model, adapter = prepared("adapter")
     half = build_cache(adapter_model, adapter, data, augmenter, views=2, batch_size=3, device=CPU, dtype="fp16")
     assert half.frozen is not None and half.frozen.dtype == torch.float16 and half.images is not None
     assert half.frozen_module == "sam.image_encoder.vit" and half.images.shape == (10, 3, SIZE, SIZE)
@@ -132,9 +104,9 @@ def test_cache_holds_fixed_seeded_views_and_their_embeddings() -> None:
 
 
 def test_images_of_one_repeated_modality_are_kept_as_one_channel() -> None:
-    model, adapter = _prepared("adapter")
+    model, adapter = prepared("adapter")
     augmenter = Augmenter(AugmentSettings(prob=1.0), seed=3)
-    slices = _slices()
+    slices = cache_slices()
     mono = TrainingSlices([CaseStack(s.case_id, s.images[:, :1].expand(-1, 3, -1, -1).contiguous(), s.labels)
                            for s in slices.stacks], SIZE)
     cache = build_cache(model, adapter, mono, augmenter, views=2, batch_size=2, device=CPU, encode=False)
@@ -168,12 +140,12 @@ def test_cached_training_equals_training_on_the_same_views_without_the_cache(nam
     differences of small gradients into visible ones), except the attention key biases, which
     softmax ignores: their gradient is pure rounding noise.
     """
-    data = _slices()
+    data = cache_slices()
     settings = LoopSettings(steps=4, batch_size=2, lr=1e-3, seed=1, cache_views=3)
     states, losses, logits = [], [], []
     probe = data.batch([1, 4])[0]
     for encode in (True, False):
-        model, method = _prepared(name)
+        model, method = prepared(name)
         initial = {key: value.clone() for key, value in method.trained_state(model).items()}
         run = tmp_path / f"encode-{encode}"
         run.mkdir()
@@ -200,5 +172,5 @@ def test_the_loop_refuses_a_cache_for_a_method_without_a_frozen_part(tmp_path: P
     method = create_method("lora")
     method.prepare(model)
     with pytest.raises(ValueError, match="no cacheable frozen encoder part"):
-        train(model, method, _slices(), LoopSettings(steps=1, batch_size=2, cache_views=2), tmp_path, SilentObserver(),
-              Augmenter(AugmentSettings(), 0), device=CPU)
+        train(model, method, cache_slices(), LoopSettings(steps=1, batch_size=2, cache_views=2), tmp_path,
+              SilentObserver(), Augmenter(AugmentSettings(), 0), device=CPU)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,21 +20,9 @@ from medsaga.evaluate.overlay import MIN_PANEL, GAP, choose_slices, class_colour
 from medsaga.evaluate.summary import summarise_class
 from medsaga.io import Volume
 from medsaga.report.figures import png_bytes
+from tests.cli_helpers import assert_one_line_error, medsaga
+from tests.data_paths import SHARED_DATA, need_shared
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-from tests.test_cli import ROOT, assert_one_line_error
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def medsaga_evaluate(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """``medsaga evaluate ARGS`` in a fresh interpreter, through ``cli.main.run`` (one-line errors,
-    exit 2). Registers the command itself until ``cli/main.py`` does."""
-    code = ("import sys\nfrom cli import main, evaluate_cmd\n"
-            "if not any(c.name == 'evaluate' for c in main.app.registered_commands):\n"
-            "    evaluate_cmd.register(main.app)\n"
-            "sys.argv = ['medsaga', *sys.argv[1:]]\nmain.run()\n")
-    return subprocess.run([sys.executable, "-c", code, "evaluate", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
 
 
 def box(shape: tuple[int, int, int], i: slice, j: slice, k: slice) -> np.ndarray:
@@ -371,7 +357,7 @@ def test_grid_mismatch_is_a_one_line_error(tmp_path: Path) -> None:
     _, label = phantom()
     gt = write_nifti(tmp_path / "gt.nii.gz", label)
     pred = write_nifti(tmp_path / "pred.nii.gz", label, np.diag([1.0, 1.0, 2.5, 1.0]))
-    result = medsaga_evaluate(pred, gt)
+    result = medsaga("evaluate", pred, gt)
     assert_one_line_error(result, pred, str(gt), "prediction grid differs from the ground truth", "spacing")
 
 
@@ -386,7 +372,7 @@ def test_command_line_outputs(tmp_path: Path) -> None:
     write_nifti(preds / "case_001.nii.gz", worse)
     write_nifti(preds / "stray.nii.gz", label)
     out = tmp_path / "out"
-    result = medsaga_evaluate(preds, root, "--out", out, "--overlay", "--images", root, "--tolerance", "1.5")
+    result = medsaga("evaluate", preds, root, "--out", out, "--overlay", "--images", root, "--tolerance", "1.5")
     assert result.returncode == 0, result.stderr
     assert "case_002" in result.stderr and "stray" in result.stderr  # unmatched, on stderr
     assert "organ" in result.stdout and "lesion" in result.stdout  # names from the dataset's dataset.json
@@ -413,7 +399,7 @@ def test_command_line_outputs(tmp_path: Path) -> None:
         height, width, _ = _png_pixels((out / "overlays" / f"{case}.png").read_bytes()).shape
         assert (width, height) == (3 * MIN_PANEL + 2 * GAP, 12 * MIN_PANEL // 16)
 
-    again = medsaga_evaluate(preds, root, "--out", out)
+    again = medsaga("evaluate", preds, root, "--out", out)
     assert_one_line_error(again, out / "metrics.csv", "already exists", "--force")
 
 
@@ -422,10 +408,8 @@ def test_command_line_outputs(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def test_real_label_against_itself() -> None:
-    labels = SHARED / "malf-brain-t1" / "labelsTr" / "MALF_1000.nii.gz"
-    if not labels.exists():
-        pytest.skip(f"real data not available: {labels} is absent")
-    result = evaluate(labels, labels, labels=SHARED / "malf-brain-t1" / "dataset.json")
+    labels = need_shared("malf-brain-t1", "labelsTr", "MALF_1000.nii.gz")
+    result = evaluate(labels, labels, labels=SHARED_DATA / "malf-brain-t1" / "dataset.json")
     assert [c.name for c in result.classes.classes] == ["csf", "grey_matter", "white_matter"]
     for metrics in result.cases[0].metrics.values():
         assert (metrics.dice, metrics.hd95_mm, metrics.nsd, metrics.status) == (1.0, 0.0, 1.0, "ok")
@@ -436,8 +420,8 @@ def test_option_errors_come_first(tmp_path: Path) -> None:
     _, label = phantom()
     preds = tmp_path / "preds"
     write_nifti(preds / "case_000.nii.gz", label)
-    result = medsaga_evaluate(preds, root, "--strict")
+    result = medsaga("evaluate", preds, root, "--strict")
     assert_one_line_error(result, preds, "--strict", "case_001")
-    result = medsaga_evaluate(preds, root, "--overlay", "--out", tmp_path / "out")
+    result = medsaga("evaluate", preds, root, "--overlay", "--out", tmp_path / "out")
     assert result.returncode == 2 and result.stderr.strip() == \
         "error: --overlay needs --images (the scans to draw the labels on)"

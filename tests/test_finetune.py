@@ -11,48 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from medsaga.errors import InputError
-from medsaga.train.finetune import FinetuneOptions, finetune, options_from_run
+from medsaga.train.finetune import finetune, options_from_run
+from tests.cli_helpers import medsaga
+from tests.data_paths import SAMPLE
 from tests.dataset_factory import make_nnunet
-from tests.test_cli import assert_one_line_error, medsaga
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_data"
-
-
-class Interrupt(Exception):
-    pass
-
-
-class QuietReporter:
-    """Records what the loop reports; can stop the run at a given step (as a crash would)."""
-
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.stop_at = stop_at
-        self.messages: list[str] = []
-        self.losses: list[float] = []
-
-    def info(self, message: str) -> None:
-        self.messages.append(message)
-
-    def on_case_loaded(self, case_id: str, done: int, total: int) -> None:
-        pass
-
-    def on_start(self, total_steps: int, first_step: int, steps_per_epoch: float) -> None:
-        self.first_step = first_step
-
-    def on_step(self, step: int, loss: float, lr: float, slices_per_second: float) -> None:
-        if self.stop_at is not None and step == self.stop_at:
-            raise Interrupt(step)
-        self.losses.append(loss)
-
-    def on_validation(self, epoch: int, mean_dice: float) -> None:
-        pass
-
-
-def tiny_options(out: Path, **changes) -> FinetuneOptions:
-    base = dict(data_dir=SAMPLE, out=out, shots=2, model="tiny", image_size=64, steps=6, batch_size=2,
-                checkpoint_every=3, seed=3, method="galore", method_options={"update_proj_gap": 2})
-    return FinetuneOptions(**{**base, **changes})
+from tests.reporters import Interrupt, QuietReporter
+from tests.train_helpers import tiny_options
 
 
 def test_run_folder_holds_what_rebuilds_the_model(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -161,23 +160,6 @@ def test_randomized_svd_is_seeded_and_leaves_the_global_rng_alone() -> None:
     assert [t.shape for t in first] == [(60, 5), (5,), (5, 90)]
     exact_singular = torch.linalg.svdvals(matrix)[:5]
     assert torch.allclose(first[1], exact_singular, rtol=0.15)  # a random matrix: flat spectrum
-
-
-def test_randomized_svd_is_faster_for_a_vit_b_mlp_weight(capsys: pytest.CaptureFixture) -> None:
-    grad = torch.randn(768, 3072, generator=torch.Generator().manual_seed(0))
-
-    def best_of(method: str, repeats: int = 3) -> float:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            top_singular_basis(grad, 8, "left", method=method)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    full, randomized = best_of("full"), best_of("randomized")
-    with capsys.disabled():
-        print(f"\n768x3072 rank-8 basis: full SVD {full * 1e3:.1f} ms, "
-              f"randomized {randomized * 1e3:.1f} ms ({full / randomized:.0f}x)")
 
 
 # --- layer-wise mode ---------------------------------------------------------------------------

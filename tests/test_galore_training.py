@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 import torch
 
 from medsaga.data.resize import letterbox_images, letterbox_labels
@@ -13,9 +10,10 @@ from medsaga.data.slices import volume_to_slices
 from medsaga.io import read_volume
 from medsaga.losses import segmentation_loss
 from medsaga.methods import create_method
+from tests.data_paths import SHARED_DATA, need_shared
 from tests.method_helpers import tiny_segmenter
 
-MALF = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "malf-brain-t1"
+MALF = SHARED_DATA / "malf-brain-t1"
 
 
 def _malf_slices(count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,8 +29,7 @@ def _malf_slices(count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_50_galore_steps_on_malf_slices_lower_the_loss() -> None:
-    if not MALF.is_dir():
-        pytest.skip(f"real data not available: {MALF} is absent (CI provides ../shared beside the clone)")
+    need_shared(MALF)
     images, labels = _malf_slices(count=8, size=256)
     assert set(labels.unique().tolist()) == {0, 1, 2, 3}
     model = tiny_segmenter(num_classes=3, image_size=256)

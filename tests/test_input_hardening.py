@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,11 +23,13 @@ from medsaga.io import read_volume
 from medsaga.io.atomic import TEMP_PREFIX
 from medsaga.io.guards import affine_problem, check_voxel_buffer
 from medsaga.predict.temporaries import remove_own_temporaries, remove_stale_temporaries
+from tests.cli_helpers import ONE_THREAD, SELECT, TINY, assert_one_line_error, medsaga, medsaga_in_process
+from tests.data_paths import SAMPLE
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-from tests.test_cli import assert_one_line_error, medsaga
+from tests.reporters import QuietPredictReporter
+from tests.train_helpers import train_tiny
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_CASE = ROOT / "sample_data" / "imagesTr" / "phantom_007_0000.nii.gz"
+SAMPLE_CASE = SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz"
 
 
 def write_raw_affine(path: Path, array: np.ndarray, srows: np.ndarray) -> Path:
@@ -76,19 +77,14 @@ def write_memory_bomb(path: Path, shape: tuple[int, int, int] = (2000, 2000, 200
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.test_predict import train_tiny
-
     run = tmp_path_factory.mktemp("hardening") / "run"
     train_tiny(run)
     return run
 
 
 def medsaga_predict(*args: str | Path, prelude: str = "") -> subprocess.CompletedProcess[str]:
-    """``medsaga predict ARGS`` in a fresh interpreter, after ``prelude`` (Python) has run there."""
-    code = prelude + "\nfrom cli.main import run\nimport sys\nsys.argv = ['medsaga', 'predict'] + sys.argv[1:]\nrun()\n"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, env=env)
+    """``medsaga predict ARGS`` in a fresh interpreter on one thread, after ``prelude`` (Python) has run there."""
+    return medsaga("predict", *args, prelude=prelude, env=ONE_THREAD)
 
 
 def assert_one_predict_error(result: subprocess.CompletedProcess[str], path: Path, *fragments: str) -> None:
@@ -326,7 +322,6 @@ def test_sigterm_during_predict_removes_its_temporaries(tiny_run: Path, tmp_path
 
 def test_next_predict_removes_stale_temporaries_of_its_output_folder_only(tiny_run: Path, tmp_path: Path) -> None:
     from medsaga.predict import PredictOptions, predict
-    from tests.test_predict import Quiet
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     (out / "probabilities").mkdir(parents=True)
@@ -340,7 +335,7 @@ def test_next_predict_removes_stale_temporaries_of_its_output_folder_only(tiny_r
     for path in stale + kept:
         path.write_bytes(b"")
         os.utime(path, (an_hour_ago, an_hour_ago))
-    reporter = Quiet()
+    reporter = QuietPredictReporter()
     outcome = predict(PredictOptions(run_dir=tiny_run, inputs=(SAMPLE_CASE,), out=out, batch_size=6), reporter)
     assert [r.case_id for r in outcome.results] == ["phantom_007"]
     assert not any(path.exists() for path in stale)
@@ -391,8 +386,6 @@ def test_failed_case_is_printed_once_and_the_count_is_true(tiny_run: Path, tmp_p
 
 def test_finetune_and_select_name_the_dropped_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_output_safety import SELECT, TINY, medsaga as medsaga_in_process
-
     root = make_nnunet(tmp_path / "ds", n_cases=2)
     shutil.copy(root / "labelsTr" / "case_000.nii.gz", root / "labelsTr" / "case_009.nii.gz")
     dropped = f"warning: {root / 'labelsTr' / 'case_009.nii.gz'}: "

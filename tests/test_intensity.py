@@ -19,8 +19,7 @@ from medsaga.data.slices import volume_to_slices
 from medsaga.data.slicing import slice_volume, unslice
 from medsaga.errors import InputError
 from medsaga.io.volume import SourceInfo, Volume
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.data_paths import need_shared
 
 WINDOWS = {
     "ct-abdomen": (-125, 275),
@@ -215,9 +214,7 @@ def test_float_labels_must_be_whole_numbers():
 def test_real_ct_and_mr_cases():
     from medsaga.io.nifti import read_nifti
 
-    ct_dir, mr_dir = DATA / "ct-dicom-series", DATA / "malf-brain-t1"
-    if not (ct_dir.is_dir() and mr_dir.is_dir()):
-        pytest.skip(f"shared test data absent ({DATA})")
+    ct_dir, mr_dir = need_shared("ct-dicom-series"), need_shared("malf-brain-t1")
     ct, seg = read_nifti(ct_dir / "example_ct_sm.nii.gz"), read_nifti(ct_dir / "example_seg.nii.gz")
     images, labels = volume_to_slices(ct, seg, presets="ct-abdomen", mode="neighbours")
     assert images.shape == (30, 3, 101, 122) and labels.shape == (30, 101, 122)

@@ -11,15 +11,15 @@ import pytest
 from medsaga.errors import InputError
 from medsaga.io import (OVERLAP_RULE, SourceInfo, Volume, read_dicom_seg, read_dicom_series, read_volume,
                         segment_labels)
+from tests.data_paths import SHARED_DATA, needs_shared_data
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SEG_DIR = DATA / "ct-dicom-seg"
+SEG_DIR = SHARED_DATA / "ct-dicom-seg"
 THREE_SLICE = SEG_DIR / "ct-3slice"
-SERIES_DIR = DATA / "ct-dicom-series"
+SERIES_DIR = SHARED_DATA / "ct-dicom-series"
 JPEG2000 = SERIES_DIR / "dicom"
 THREE_SLICE_UID = "1.2.392.200103.20080913.113635.1.2009.6.22.21.43.10.23430.1"
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
+pytestmark = needs_shared_data
 
 
 @pytest.fixture(scope="module")

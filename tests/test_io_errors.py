@@ -12,13 +12,11 @@ import pytest
 from medsaga.errors import InputError
 from medsaga.io import Volume, read_volume, write_label_map
 from medsaga.io.atomic import TEMP_PREFIX, atomic_output
+from tests.data_paths import SHARED_DATA, needs_shared_data
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CT_NIFTI = DATA / "ct-dicom-series" / "example_ct_sm.nii.gz"
-LABELS_NIFTI = DATA / "ct-dicom-series" / "example_seg.nii.gz"
-THREE_SLICE = DATA / "ct-dicom-seg" / "ct-3slice"
-
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
+CT_NIFTI = SHARED_DATA / "ct-dicom-series" / "example_ct_sm.nii.gz"
+LABELS_NIFTI = SHARED_DATA / "ct-dicom-series" / "example_seg.nii.gz"
+THREE_SLICE = SHARED_DATA / "ct-dicom-seg" / "ct-3slice"
 
 
 def _grid_volume(array: np.ndarray) -> Volume:
@@ -33,7 +31,7 @@ def test_missing_file(tmp_path: Path) -> None:
     assert caught.value.path == tmp_path / "absent.nii.gz"
 
 
-@needs_data
+@needs_shared_data
 def test_truncated_nifti_names_the_file(tmp_path: Path) -> None:
     data = CT_NIFTI.read_bytes()
     truncated = tmp_path / "truncated.nii.gz"
@@ -86,10 +84,10 @@ def test_itk_images_that_are_not_scalar_volumes_are_refused(tmp_path: Path) -> N
         read_volume(vectors)
 
 
-@needs_data
+@needs_shared_data
 def test_truncated_nrrd(tmp_path: Path) -> None:
     truncated = tmp_path / "labels.nrrd"
-    truncated.write_bytes((DATA / "ct-dicom-seg" / "liver_seg.nrrd").read_bytes()[:300])
+    truncated.write_bytes((SHARED_DATA / "ct-dicom-seg" / "liver_seg.nrrd").read_bytes()[:300])
     with pytest.raises(InputError, match="cannot read as NRRD") as caught:
         read_volume(truncated)
     assert "Exception thrown" not in str(caught.value) and "\n" not in str(caught.value)
@@ -105,7 +103,7 @@ def test_folder_without_dicom(tmp_path: Path) -> None:
     assert "1 non-DICOM file" in str(caught.value) and "subfolders are not searched" in str(caught.value)
 
 
-@needs_data
+@needs_shared_data
 def test_single_dicom_image_asks_for_its_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="pass the folder of the series") as caught:
         read_volume(THREE_SLICE / "01.dcm")
@@ -117,7 +115,7 @@ def test_single_dicom_image_asks_for_its_folder(tmp_path: Path) -> None:
         read_volume(plain)
 
 
-@needs_data
+@needs_shared_data
 def test_damaged_slice_is_reported_not_silently_dropped(tmp_path: Path) -> None:
     for path in THREE_SLICE.iterdir():
         shutil.copy(path, tmp_path / path.name)
@@ -129,11 +127,11 @@ def test_damaged_slice_is_reported_not_silently_dropped(tmp_path: Path) -> None:
     assert caught.value.path == middle
 
 
-@needs_data
+@needs_shared_data
 def test_missing_and_duplicate_slices_are_refused(tmp_path: Path) -> None:
     gap = tmp_path / "gap"
     gap.mkdir()
-    files = sorted((DATA / "ct-dicom-series" / "dicom").iterdir())
+    files = sorted((SHARED_DATA / "ct-dicom-series" / "dicom").iterdir())
     for path in files[:7] + files[8:]:  # one slice missing in the middle
         shutil.copy(path, gap / path.name)
     with pytest.raises(InputError, match="unevenly spaced"):
@@ -147,11 +145,11 @@ def test_missing_and_duplicate_slices_are_refused(tmp_path: Path) -> None:
         read_volume(duplicate)
 
 
-@needs_data
+@needs_shared_data
 @pytest.mark.parametrize("keep, message", [(3000, "cannot read as DICOM"), (-20000, "cannot decode the segmentation")])
 def test_truncated_dicom_seg(keep: int, message: str, tmp_path: Path) -> None:
     truncated = tmp_path / "liver.dcm"
-    truncated.write_bytes((DATA / "ct-dicom-seg" / "liver.dcm").read_bytes()[:keep])
+    truncated.write_bytes((SHARED_DATA / "ct-dicom-seg" / "liver.dcm").read_bytes()[:keep])
     with pytest.raises(InputError, match=message) as caught:
         read_volume(truncated, reference=THREE_SLICE)
     assert caught.value.path == truncated
@@ -168,7 +166,7 @@ def test_series_uid_on_a_file_is_refused(tmp_path: Path) -> None:
 
 # --- writing ------------------------------------------------------------------------------------
 
-@needs_data
+@needs_shared_data
 def test_writer_never_overwrites_its_input(tmp_path: Path) -> None:
     source = tmp_path / "labels.nii.gz"
     shutil.copy(LABELS_NIFTI, source)

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from medsaga.io import Volume, read_volume, write_label_map
+from tests.data_paths import SHARED_DATA, needs_shared_data
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
+pytestmark = needs_shared_data
 
 LABEL_INPUTS = {
-    "nifti-ct-labels": DATA / "ct-dicom-series" / "example_seg.nii.gz",
-    "nifti-malf-labels": DATA / "malf-brain-t1" / "labelsTr" / "MALF_1000.nii.gz",
-    "nrrd-labels": DATA / "ct-dicom-seg" / "liver_spine_seg.nrrd",
+    "nifti-ct-labels": SHARED_DATA / "ct-dicom-series" / "example_seg.nii.gz",
+    "nifti-malf-labels": SHARED_DATA / "malf-brain-t1" / "labelsTr" / "MALF_1000.nii.gz",
+    "nrrd-labels": SHARED_DATA / "ct-dicom-seg" / "liver_spine_seg.nrrd",
 }
 
 
@@ -85,7 +84,7 @@ def test_non_nifti_source_gets_scanner_codes(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dicom_ct() -> Volume:
-    return read_volume(DATA / "ct-dicom-series" / "dicom")
+    return read_volume(SHARED_DATA / "ct-dicom-series" / "dicom")
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -108,7 +107,7 @@ def test_labels_above_255_are_stored_as_uint16(dicom_ct: Volume, suffix: str, tm
 
 
 def test_dicom_seg_label_map_round_trips(tmp_path: Path) -> None:
-    labels = read_volume(DATA / "ct-dicom-seg" / "partial_overlaps.dcm")
+    labels = read_volume(SHARED_DATA / "ct-dicom-seg" / "partial_overlaps.dcm")
     for suffix in (".nii.gz", ".nrrd"):
         written = read_volume(write_label_map(labels, tmp_path / f"overlaps{suffix}"))
         _assert_same(written, labels)

@@ -17,10 +17,10 @@ import pytest
 from medsaga.model.packaged_weights import INSTALL_COMMAND, installed_litemedsam
 from medsaga.predict.pipeline import PredictOptions, predict
 from medsaga.train.finetune import FinetuneOptions, finetune
-from tests.test_predict import Quiet
+from tests.data_paths import SHARED_DATA, need_shared
+from tests.reporters import QuietPredictReporter
 
-ROOT = Path(__file__).resolve().parents[1]
-MALF = ROOT.parent / "shared" / "data" / "malf-brain-t1"
+MALF = SHARED_DATA / "malf-brain-t1"
 TRAIN, HELD_OUT = "MALF_1000", "MALF_1007"
 METHODS = ["galore", "adapter", "parser", "lora", "conv-lora", "decoder", "full"]
 
@@ -30,8 +30,7 @@ def slabs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An nnU-Net dataset of 3 central axial slices of two real MALF cases (geometry kept by nibabel)."""
     if installed_litemedsam() is None:
         pytest.skip(f"the LiteMedSAM weights are not installed ({INSTALL_COMMAND})")
-    if not MALF.exists():
-        pytest.skip(f"real data not available: {MALF} is absent (CI provides ../shared beside the clone)")
+    need_shared(MALF)
     root = tmp_path_factory.mktemp("malf") / "slabs"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
@@ -50,7 +49,8 @@ def test_method_fine_tunes_litemedsam_and_predicts_on_the_input_grid(method: str
                                                                     tmp_path: Path) -> None:
     run = tmp_path / "run"
     outcome = finetune(FinetuneOptions(data_dir=slabs, out=run, cases=(TRAIN,), model="litemedsam", method=method,
-                                       steps=2, batch_size=2, seed=0, augment=False, image_size=128), Quiet())
+                                       steps=2, batch_size=2, seed=0, augment=False, image_size=128),
+                       QuietPredictReporter())
     config = json.loads((run / "config.json").read_text())
     # 128 px, LiteMedSAM's training size on a CPU (issue 27): its weights load and train at any size.
     assert config["model"]["type"] == "litemedsam" and config["model"]["image_size"] == 128
@@ -59,7 +59,8 @@ def test_method_fine_tunes_litemedsam_and_predicts_on_the_input_grid(method: str
     assert np.isfinite(outcome.result.final_loss) and outcome.result.trainable_parameters > 0
 
     image_path = slabs / "imagesTr" / f"{HELD_OUT}_0000.nii.gz"
-    predict(PredictOptions(run_dir=run, inputs=(image_path,), out=tmp_path / "predictions", batch_size=3), Quiet())
+    predict(PredictOptions(run_dir=run, inputs=(image_path,), out=tmp_path / "predictions", batch_size=3),
+            QuietPredictReporter())
     image, label = nib.load(image_path), nib.load(tmp_path / "predictions" / f"{HELD_OUT}.nii.gz")
     assert label.shape == image.shape and np.array_equal(label.affine, image.affine)
     assert label.header["qform_code"] == image.header["qform_code"]

@@ -207,12 +207,12 @@ def test_the_loop_reports_the_tensor_peak_of_its_second_step(tmp_path) -> None:
     from medsaga.methods import create_method
     from medsaga.train.augment import AugmentSettings, Augmenter
     from medsaga.train.loop import LoopSettings, SilentObserver, train
-    from tests.test_embedding_cache import SIZE, _slices
+    from tests.train_helpers import SIZE, cache_slices
 
     model = tiny_segmenter(image_size=SIZE)
     method = create_method("galore")
     method.prepare(model)
-    result = train(model, method, _slices(), LoopSettings(steps=3, batch_size=2), tmp_path, SilentObserver(),
+    result = train(model, method, cache_slices(), LoopSettings(steps=3, batch_size=2), tmp_path, SilentObserver(),
                    Augmenter(AugmentSettings(), 0), device=torch.device("cpu"))
     peak = result.tensor_peak
     assert peak is not None and peak["measured"] and peak["step"] == 2

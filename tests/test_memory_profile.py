@@ -10,7 +10,8 @@ import pytest
 from medsaga.errors import InputError
 from medsaga.train.finetune import finetune, options_from_run
 from medsaga.train.memory_profile import resolve_memory_profile
-from tests.test_finetune import QuietReporter, tiny_options
+from tests.reporters import QuietReporter
+from tests.train_helpers import tiny_options
 
 
 def test_lean_profile_per_method() -> None:

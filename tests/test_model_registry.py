@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from medsaga.errors import InputError
 from medsaga.model.backbone import Backbone, backbone_of
@@ -28,19 +27,14 @@ from medsaga.model.checkpoint import build_sam_from_checkpoint, detect_model_typ
 from medsaga.model.load import choose_weights, load_segmenter
 from medsaga.model.registry import MODEL_TYPES, ModelType, get_model_type, register, unregister
 from medsaga.model.segmenter import SamSegmenter
+from tests.cli_helpers import medsaga_runner
+from tests.data_paths import ROOT
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
 
-ROOT = Path(__file__).resolve().parents[1]
 CONV = "conv_test"
 CONV_SIZE = 48  # the fake type's default input size: no built-in type has it
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,18 +109,6 @@ def conv_type() -> ModelType:
 # Helpers
 
 
-def medsaga(*args: str | Path) -> tuple[int, str]:
-    """``medsaga ARGS`` in this process (the registration is in it): exit code and stderr."""
-    from cli.main import app
-
-    result = CliRunner().invoke(app, [str(arg) for arg in args])
-    if isinstance(result.exception, InputError):
-        return 2, f"error: {result.exception}"
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stderr
-
-
 def _read_config(run: Path) -> dict:
     import json
 
@@ -144,7 +126,7 @@ def scan(tmp_path: Path) -> Path:
 
 
 def _predicts(run: Path, scan: Path, out: Path) -> np.ndarray:
-    code, err = medsaga("predict", run, scan, "--out", out, "--device", "cpu")
+    code, _, err = medsaga_runner("predict", run, scan, "--out", out, "--device", "cpu")
     assert code == 0, err
     written = nib.load(out / scan.name)
     original = nib.load(scan)
@@ -160,8 +142,8 @@ def _predicts(run: Path, scan: Path, out: Path) -> np.ndarray:
 
 def test_a_registered_type_trains_and_predicts_from_random_weights(tmp_path, conv_type, data, scan) -> None:
     run = tmp_path / "run"
-    code, err = medsaga("finetune", data, "--shots", "1", "--model", CONV, "--random-init", "--method", "decoder",
-                        "--steps", "2", "--batch-size", "2", "--out", run, "--device", "cpu")
+    code, _, err = medsaga_runner("finetune", data, "--shots", "1", "--model", CONV, "--random-init", "--method",
+                                  "decoder", "--steps", "2", "--batch-size", "2", "--out", run, "--device", "cpu")
     assert code == 0, err
     config = _read_config(run)
     # The size no --image-size asked for is the registry entry's.
@@ -178,8 +160,8 @@ def test_a_registered_type_is_recognised_in_a_checkpoint(tmp_path, conv_type, da
 
     run = tmp_path / "run"
     # No --model, no --image-size: the type is read from the file, the size is its type's default.
-    code, err = medsaga("finetune", data, "--shots", "1", "--checkpoint", path, "--method", "full",
-                        "--steps", "2", "--batch-size", "2", "--out", run, "--device", "cpu")
+    code, _, err = medsaga_runner("finetune", data, "--shots", "1", "--checkpoint", path, "--method", "full",
+                                  "--steps", "2", "--batch-size", "2", "--out", run, "--device", "cpu")
     assert code == 0, err
     model = _read_config(run)["model"]
     assert (model["type"], model["image_size"]) == (CONV, CONV_SIZE)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,22 +21,8 @@ import pytest
 from medsaga.errors import InputError
 from medsaga.io.atomic import TEMP_PREFIX
 from medsaga.io.paths import FOLDER_MARKER, ensure_writable_folder, folder_kind, foreign_entry
+from tests.cli_helpers import SELECT, TINY, medsaga_in_process
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-
-TINY = ("--shots", "1", "--model", "tiny", "--random-init", "--image-size", "64", "--batch-size", "2", "--steps", "1",
-        "--checkpoint-every", "0", "--no-augment")
-SELECT = ("--shots", "1", "--model", "tiny", "--random-init", "--image-size", "64", "--slices", "1")
-
-
-def medsaga(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> tuple[int, str]:
-    """Run ``medsaga ARGS`` through the console script's entry point; its exit code and stderr."""
-    from cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["medsaga", *map(str, args)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        run()
-    return exited.value.code or 0, capsys.readouterr().err
 
 
 def one_line_error(code: int, stderr: str, path: Path, *fragments: str) -> str:
@@ -107,7 +92,7 @@ def a_web_app(folder: Path) -> dict[str, bytes]:
 def test_finetune_force_refuses_a_folder_medsaga_did_not_make(tmp_path, data, capsys, monkeypatch) -> None:
     before = a_web_app(tmp_path / "it")
     tripwire(monkeypatch, "medsaga.train.finetune.load_case_stacks")
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", tmp_path / "it", "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", tmp_path / "it", "--force")
     one_line_error(code, err, tmp_path / "it", "not a medsaga run folder", "delete it by hand or choose another")
     assert snapshot(tmp_path / "it") == before
 
@@ -118,7 +103,8 @@ def test_select_force_refuses_a_folder_with_any_selection_json(tmp_path, scans, 
     (folder / "selection.json").write_text("[]")
     before = snapshot(folder)
     tripwire(monkeypatch, "medsaga.select.run._embedder")
-    code, err = medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", folder, "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch,
+                                   "select", scans, *SELECT, "--no-cache", "--out", folder, "--force")
     one_line_error(code, err, folder, "not a medsaga selection folder")
     assert snapshot(folder) == before
 
@@ -126,20 +112,20 @@ def test_select_force_refuses_a_folder_with_any_selection_json(tmp_path, scans, 
 def test_a_run_with_a_foreign_file_or_of_another_kind_is_not_replaced(tmp_path, data, scans, capsys,
                                                                       monkeypatch) -> None:
     run = tmp_path / "run"
-    assert medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
     assert folder_kind(run) == "run" and foreign_entry(run, "run") is None  # a real run holds only medsaga's files
     (run / "checkpoint" / "my-notes.txt").write_text("mine")
     before = snapshot(run)
     tripwire(monkeypatch, "medsaga.train.finetune.load_case_stacks")
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", run, "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", run, "--force")
     one_line_error(code, err, run, "holds checkpoint/my-notes.txt", "not replacing it")
     assert snapshot(run) == before
     # A selection folder is medsaga's, but not a run: finetune does not replace it either.
     selection = tmp_path / "sel"
-    assert medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", selection)[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", selection)[0] == 0
     assert folder_kind(selection) == "selection" and foreign_entry(selection, "selection") is None
     before = snapshot(selection)
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", selection, "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", selection, "--force")
     one_line_error(code, err, selection, "is a medsaga selection folder, not a run folder")
     assert snapshot(selection) == before
 
@@ -149,7 +135,7 @@ def test_a_clean_run_is_replaced_and_deleted_only_after_the_new_config_is_writte
     import medsaga.train.finetune as finetune_module
 
     run = tmp_path / "run"
-    assert medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--seed", "1", "--out", run)[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--seed", "1", "--out", run)[0] == 0
     old = snapshot(run)
     seen_aside: list[dict[str, bytes]] = []
     write_json = finetune_module._write_json
@@ -161,7 +147,8 @@ def test_a_clean_run_is_replaced_and_deleted_only_after_the_new_config_is_writte
         write_json(path, document)
 
     monkeypatch.setattr(finetune_module, "_write_json", watching)
-    assert medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--seed", "2", "--out", run, "--force")[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch,
+                              "finetune", data, *TINY, "--seed", "2", "--out", run, "--force")[0] == 0
     assert seen_aside == [old]
     assert json.loads((run / "config.json").read_text())["options"]["seed"] == 2
     assert folder_kind(run) == "run"
@@ -172,7 +159,7 @@ def test_a_failure_after_the_rename_puts_the_old_run_back(tmp_path, data, capsys
     import medsaga.io.atomic as atomic
 
     run = tmp_path / "run"
-    assert medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
     old = snapshot(run)
     fsync = atomic._fsync
 
@@ -182,7 +169,7 @@ def test_a_failure_after_the_rename_puts_the_old_run_back(tmp_path, data, capsys
         fsync(path)
 
     monkeypatch.setattr(atomic, "_fsync", disk_full)
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", run, "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", run, "--force")
     last_line_error(code, err, run / "config.json", "cannot write", "No space left on device")
     assert snapshot(run) == old  # the old run is back, whole, and the new one is gone
     no_leftovers(tmp_path)
@@ -191,7 +178,7 @@ def test_a_failure_after_the_rename_puts_the_old_run_back(tmp_path, data, capsys
 def test_a_failed_write_after_the_rename_is_one_line_and_puts_the_old_selection_back(tmp_path, scans, capsys,
                                                                                      monkeypatch) -> None:
     selection = tmp_path / "sel"
-    assert medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", selection)[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", selection)[0] == 0
     old = snapshot(selection)
 
     import medsaga.io.atomic as atomic
@@ -204,7 +191,8 @@ def test_a_failed_write_after_the_rename_is_one_line_and_puts_the_old_selection_
         fsync(path)
 
     monkeypatch.setattr(atomic, "_fsync", disk_full)
-    code, err = medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", selection, "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch,
+                                   "select", scans, *SELECT, "--no-cache", "--out", selection, "--force")
     one_line_error(code, err, selection / "cohort_map.png", "cannot write", "No space left on device")
     assert snapshot(selection) == old
     no_leftovers(tmp_path)
@@ -212,30 +200,33 @@ def test_a_failed_write_after_the_rename_is_one_line_and_puts_the_old_selection_
 
 def test_an_input_inside_the_folder_to_replace_is_refused(tmp_path, data, scans, capsys, monkeypatch) -> None:
     run = tmp_path / "cf"
-    assert medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
     cases = run / "mycases.txt"
     cases.write_text("case_000\n")
     before = snapshot(run)
     tripwire(monkeypatch, "medsaga.train.finetune.load_case_stacks")
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--cases", cases, "--out", run, "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch,
+                                   "finetune", data, *TINY, "--cases", cases, "--out", run, "--force")
     one_line_error(code, err, run, f"would contain the --cases file {cases.resolve()}")
     assert snapshot(run) == before
     # select: a --cache-dir inside --out, and (the old rule) an --out that contains the scans
     tripwire(monkeypatch, "medsaga.select.run._embedder")
     out = tmp_path / "sel"
-    code, err = medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--cache-dir", out / "cache", "--out", out)
+    code, err = medsaga_in_process(capsys, monkeypatch,
+                                   "select", scans, *SELECT, "--cache-dir", out / "cache", "--out", out)
     one_line_error(code, err, out, "would contain the --cache-dir")
     assert not out.exists()
-    code, err = medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", tmp_path, "--force")
+    code, err = medsaga_in_process(capsys, monkeypatch,
+                                   "select", scans, *SELECT, "--no-cache", "--out", tmp_path, "--force")
     one_line_error(code, err, tmp_path, "would contain the input folder")
 
 
 def test_resume_of_a_run_from_before_the_marker_still_works(tmp_path, data, capsys, monkeypatch) -> None:
     run = tmp_path / "run"
-    assert medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
+    assert medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)[0] == 0
     (run / FOLDER_MARKER).unlink()  # as a run made before the marker existed
     (run / "trained.safetensors").unlink()
-    code, err = medsaga(capsys, monkeypatch, "finetune", "--resume", run)
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", "--resume", run)
     assert code == 0, err
     assert (run / "trained.safetensors").is_file()  # resumed (from its last checkpoint) and finished again
 
@@ -247,9 +238,9 @@ def test_finetune_refuses_an_unwritable_out_before_reading_cases(tmp_path, data,
     blocker.write_text("a file, not a folder")
     for target in ("medsaga.train.finetune.load_case_stacks", "medsaga.train.finetune._build_model"):
         tripwire(monkeypatch, target)
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", blocker / "run")
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", blocker / "run")
     one_line_error(code, err, blocker / "run", "is not a folder")
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", blocker)
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", blocker)
     one_line_error(code, err, blocker, "exists and is not a folder")
     assert blocker.read_text() == "a file, not a folder"
 
@@ -264,13 +255,14 @@ def test_evaluate_refuses_an_unwritable_out_before_evaluating(tmp_path, capsys, 
     blocker.write_text("x")
     tripwire(monkeypatch, "medsaga.evaluate.evaluate")
     extra = ("--overlay", "--images", images) if overlay else ()
-    code, err = medsaga(capsys, monkeypatch, "evaluate", prediction, reference, "--out", blocker / "eval", *extra)
+    code, err = medsaga_in_process(capsys, monkeypatch,
+                                   "evaluate", prediction, reference, "--out", blocker / "eval", *extra)
     one_line_error(code, err, blocker / "eval", "is not a folder")
     if overlay:  # OUT is fine, OUT/overlays is a file
         out = tmp_path / "eval"
         out.mkdir()
         (out / "overlays").write_text("x")
-        code, err = medsaga(capsys, monkeypatch, "evaluate", prediction, reference, "--out", out, *extra)
+        code, err = medsaga_in_process(capsys, monkeypatch, "evaluate", prediction, reference, "--out", out, *extra)
         one_line_error(code, err, out / "overlays", "exists and is not a folder")
 
 
@@ -278,9 +270,10 @@ def test_select_refuses_an_unwritable_out_or_cache_before_embedding(tmp_path, sc
     blocker = tmp_path / "somefile"
     blocker.write_text("x")
     tripwire(monkeypatch, "medsaga.select.run._embedder")
-    code, err = medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--no-cache", "--out", blocker / "sel")
+    code, err = medsaga_in_process(capsys, monkeypatch,
+                                   "select", scans, *SELECT, "--no-cache", "--out", blocker / "sel")
     one_line_error(code, err, blocker / "sel", "is not a folder")
-    code, err = medsaga(capsys, monkeypatch, "select", scans, *SELECT, "--cache-dir", blocker / "cache",
+    code, err = medsaga_in_process(capsys, monkeypatch, "select", scans, *SELECT, "--cache-dir", blocker / "cache",
                         "--out", tmp_path / "sel")
     one_line_error(code, err, blocker / "cache", "--cache-dir")
     assert not (tmp_path / "sel").exists()
@@ -304,7 +297,7 @@ def test_a_write_that_fails_at_the_end_is_one_line_and_leaves_no_partial_file(tm
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     run = tmp_path / "run"
-    code, err = medsaga(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)
+    code, err = medsaga_in_process(capsys, monkeypatch, "finetune", data, *TINY, "--out", run)
     last_line_error(code, err, run / failing, "cannot write", "No space left on device")
     assert not (run / "trained.safetensors").exists() and not (run / "report.json").exists()
     # The checkpoint is whole or absent: written before trained.safetensors, it stays (--resume can finish).

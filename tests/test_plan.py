@@ -11,7 +11,7 @@ import torch
 from medsaga.plan.extrapolate import PeakModel, StepMeasurement
 from medsaga.plan.measure import measure_step
 from medsaga.plan.run import fit_config, parse_memory, training_config
-from tests.test_cli import medsaga
+from tests.cli_helpers import medsaga
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -92,7 +92,8 @@ def test_plan_refuses_bad_options_in_one_line(arguments: list[str], fragment: st
 def test_finetune_plans_its_own_run_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
     from medsaga.plan.own_run import plan_own_run
     from medsaga.train.finetune import finetune
-    from tests.test_finetune import QuietReporter, tiny_options
+    from tests.reporters import QuietReporter
+    from tests.train_helpers import tiny_options
 
     reporter = QuietReporter()
     run = finetune(tiny_options(tmp_path / "fits", shots=1, steps=2, image_size=288, batch_size=3, method_options={},

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +16,7 @@ from medsaga.plan.measure import measure_step
 from medsaga.plan.profiles import (CACHED, MEASURED, REFERENCE_CLASSES, SHIPPED, ProfileStore, architecture_digest,
                                    make_key, shipped_folder)
 from medsaga.plan.run import PROFILES, default_profiled_sizes, find_profiles, plan, training_config
+from tests.cli_helpers import medsaga
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"  # 3 foreground classes, as the shipped profiles
@@ -28,9 +27,7 @@ SHIPPED_TYPES = ("tiny", "litemedsam", "vit_b")
 
 def plan_cli(*args: str | Path, cache: Path) -> subprocess.CompletedProcess[str]:
     """``medsaga plan ARGS`` in a fresh interpreter with its profile cache in ``cache``."""
-    env = {**os.environ, "MEDSAGA_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "cli.main", "plan", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600, env=env)
+    return medsaga("plan", *args, env={"MEDSAGA_CACHE": str(cache)}, timeout=600)
 
 
 @pytest.fixture
@@ -187,8 +184,8 @@ def test_plan_benchmark_and_finetune_report_agree(tmp_path: Path) -> None:
     from medsaga.benchmark.run import BenchmarkOptions, run_benchmark
     from medsaga.plan.own_run import plan_own_run
     from medsaga.train.finetune import finetune
-    from tests.test_benchmark import _Quiet
-    from tests.test_finetune import QuietReporter, tiny_options
+    from tests.reporters import QuietBenchmarkReporter, QuietReporter
+    from tests.train_helpers import tiny_options
 
     size, batch = 256, 2
     (row,) = [r for r in plan(["galore"], model_type="tiny", num_classes=3, image_size=size, batch_size=batch,
@@ -198,7 +195,7 @@ def test_plan_benchmark_and_finetune_report_agree(tmp_path: Path) -> None:
 
     document = run_benchmark(BenchmarkOptions(data_dir=SAMPLE, out=tmp_path / "bench", model="tiny", image_size=size,
                                               batch_size=batch, methods="galore", steps=1, threads=1, device="cpu"),
-                             _Quiet())
+                             QuietBenchmarkReporter())
     entry = next(e for e in document["entries"] if e["label"] == "galore")
     assert entry["memory_profile"] == "lean" and tuple(entry["lean_settings"]) == tuple(row.applied) == \
         ("layerwise", "activation_checkpointing")

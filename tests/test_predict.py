@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,73 +23,21 @@ from medsaga.errors import InputError
 from medsaga.io import read_dicom_seg, read_volume
 from medsaga.predict import (PredictOptions, find_cases, keep_largest_component, load_model, load_run, predict,
                              read_run_config, segment_case, verify_checkpoint)
-from medsaga.train.finetune import FinetuneOptions, finetune
+from tests.cli_helpers import assert_one_line_error, medsaga
+from tests.data_paths import SAMPLE, SHARED_DATA, need_shared
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-from tests.test_cli import assert_one_line_error
+from tests.reporters import QuietPredictReporter
+from tests.train_helpers import train_tiny
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_data"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-THREE_SLICE = SHARED / "ct-dicom-seg" / "ct-3slice"
-NO_UID_SERIES = SHARED / "ct-dicom-series" / "dicom"
+THREE_SLICE = SHARED_DATA / "ct-dicom-seg" / "ct-3slice"
+NO_UID_SERIES = SHARED_DATA / "ct-dicom-series" / "dicom"
 VALUES = {0, 1, 2, 3}  # sample_data's label values
-
-# `medsaga predict` in a fresh interpreter, registering the command if cli/main.py does not yet.
-_CLI = ("from cli import main, predict_cmd\n"
-        "if 'predict' not in {c.name for c in main.app.registered_commands}:\n"
-        "    predict_cmd.register(main.app)\n"
-        "main.run()\n")
-
-
-def medsaga_predict(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _CLI, "predict", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (CI provides ../shared beside the clone)")
-    return path
-
-
-class Quiet:
-    """Records what training and prediction report."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.warnings: list[str] = []
-        self.progress: list[tuple[str, int, int]] = []
-
-    def info(self, message: str) -> None:
-        self.messages.append(message)
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def on_case_loaded(self, *args) -> None: ...
-
-    def on_start(self, *args) -> None: ...
-
-    def on_step(self, *args) -> None: ...
-
-    def on_validation(self, *args) -> None: ...
-
-    def on_slices(self, case, done: int, total: int) -> None:
-        self.progress.append((case.case_id, done, total))
-
-    def on_case_done(self, result) -> None: ...
 
 
 @dataclass
 class Trained:
     run: Path
     state: dict[str, torch.Tensor]  # the model's tensors as training left them
-
-
-def train_tiny(out: Path, data: Path = SAMPLE, **changes) -> None:
-    options = dict(data_dir=data, out=out, shots=1, model="tiny", image_size=64, steps=1, batch_size=2,
-                   method="decoder", lr=1e-6, seed=7, augment=False)
-    finetune(FinetuneOptions(**{**options, **changes}), Quiet())
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +56,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(run, captured)
 
 
-def run_predict(run: Path, inputs: list[Path], out: Path, **changes) -> tuple[object, Quiet]:
-    reporter = Quiet()
+def run_predict(run: Path, inputs: list[Path], out: Path, **changes) -> tuple[object, QuietPredictReporter]:
+    reporter = QuietPredictReporter()
     options = PredictOptions(run_dir=run, inputs=tuple(inputs), out=out, batch_size=6, **changes)
     return predict(options, reporter), reporter
 
@@ -301,7 +247,7 @@ def test_dicom_series_gets_nifti_and_a_seg_referencing_it(trained: Trained, tmp_
     import highdicom as hd
     import pydicom
 
-    series = need(THREE_SLICE)
+    series = need_shared(THREE_SLICE)
     outcome, reporter = run_predict(trained.run, [series], tmp_path)
     assert not reporter.warnings
     nifti_path, seg_path = tmp_path / "ct-3slice.nii.gz", tmp_path / "ct-3slice.seg.dcm"
@@ -343,7 +289,7 @@ def test_series_with_empty_uids_gets_a_seg_referencing_its_file_meta_uids(traine
     import highdicom as hd
     import pydicom
 
-    series = need(NO_UID_SERIES)
+    series = need_shared(NO_UID_SERIES)
     nifti_path, seg_path = tmp_path / "dicom.nii.gz", tmp_path / "dicom.seg.dcm"
     outcome, reporter = run_predict(trained.run, [series], tmp_path)
     assert outcome.results[0].outputs == [nifti_path, seg_path]
@@ -393,7 +339,7 @@ def test_series_whose_instances_cannot_be_identified_gets_no_seg(tmp_path: Path)
     from medsaga.predict.dicom_seg import dicom_seg_problem, dicom_seg_substitutions
 
     folder = tmp_path / "blank"
-    shutil.copytree(need(THREE_SLICE), folder)
+    shutil.copytree(need_shared(THREE_SLICE), folder)
     for path in sorted(folder.iterdir()):
         dataset = pydicom.dcmread(path)
         dataset.SOPInstanceUID = ""
@@ -407,8 +353,8 @@ def test_series_whose_instances_cannot_be_identified_gets_no_seg(tmp_path: Path)
         from medsaga.predict.dicom_seg import Segment, write_dicom_seg
         write_dicom_seg(volume.with_array(np.zeros(volume.shape, np.uint8)), volume, [Segment(1, "a", 1)],
                         tmp_path / "x.seg.dcm")
-    assert dicom_seg_problem(read_volume(need(THREE_SLICE))) is None
-    assert dicom_seg_substitutions(read_volume(need(THREE_SLICE))) is None
+    assert dicom_seg_problem(read_volume(need_shared(THREE_SLICE))) is None
+    assert dicom_seg_substitutions(read_volume(need_shared(THREE_SLICE))) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,11 +383,11 @@ def test_case_ids_and_channel_grouping(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="holds no image files"):
         find_cases([tmp_path / "empty"], ["CT"])
     with pytest.raises(InputError, match="single DICOM file; pass the folder"):
-        find_cases([need(THREE_SLICE) / "01.dcm"], ["CT"])
+        find_cases([need_shared(THREE_SLICE) / "01.dcm"], ["CT"])
 
 
 def test_dicom_folder_inside_a_folder_is_a_case(trained: Trained, tmp_path: Path) -> None:
-    series = need(THREE_SLICE)
+    series = need_shared(THREE_SLICE)
     parent = tmp_path / "batch"
     shutil.copytree(series, parent / "patient_a")
     write_nifti(parent / "other_0000.nii.gz", phantom()[0])
@@ -457,14 +403,14 @@ def test_cli_errors_are_one_line(trained: Trained, tmp_path: Path) -> None:
     case = SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz"
     not_a_run = tmp_path / "not_a_run"
     not_a_run.mkdir()
-    assert_one_line_error(medsaga_predict(not_a_run, case, "--out", tmp_path / "o"), not_a_run, "no config.json")
+    assert_one_line_error(medsaga("predict", not_a_run, case, "--out", tmp_path / "o"), not_a_run, "no config.json")
     missing = tmp_path / "missing.nii.gz"
-    assert_one_line_error(medsaga_predict(trained.run, missing, "--out", tmp_path / "o"), missing, "no such file")
+    assert_one_line_error(medsaga("predict", trained.run, missing, "--out", tmp_path / "o"), missing, "no such file")
 
     existing = tmp_path / "o" / "phantom_007.nii.gz"
     existing.parent.mkdir()
     existing.write_bytes(b"mine")
-    assert_one_line_error(medsaga_predict(trained.run, case, "--out", tmp_path / "o"), existing,
+    assert_one_line_error(medsaga("predict", trained.run, case, "--out", tmp_path / "o"), existing,
                           "already exists", "--force")
     assert existing.read_bytes() == b"mine"
 
@@ -476,7 +422,7 @@ def test_cli_errors_are_one_line(trained: Trained, tmp_path: Path) -> None:
     (two_channels / "config.json").write_text(json.dumps(config))
     plain = tmp_path / "scan.nii.gz"
     shutil.copy(case, plain)
-    assert_one_line_error(medsaga_predict(two_channels, plain, "--out", tmp_path / "o2"), plain,
+    assert_one_line_error(medsaga("predict", two_channels, plain, "--out", tmp_path / "o2"), plain,
                           "no channel suffix", "2 channels", "scan_0000")
 
 
@@ -509,7 +455,7 @@ def test_base_checkpoint_is_verified_by_hash(tmp_path: Path) -> None:
     train_tiny(tmp_path / "run", model=None, checkpoint=checkpoint)
     case = SAMPLE / "imagesTr" / "phantom_007_0000.nii.gz"
 
-    result = medsaga_predict(tmp_path / "run", case, "--out", tmp_path / "out")
+    result = medsaga("predict", tmp_path / "run", case, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "phantom_007" in result.stdout and "total" in result.stdout and "slices/s" in result.stdout
     assert "Traceback" not in result.stderr and (tmp_path / "out" / "phantom_007.nii.gz").is_file()
@@ -523,7 +469,7 @@ def test_base_checkpoint_is_verified_by_hash(tmp_path: Path) -> None:
     data = bytearray(moved.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, other content
     moved.write_bytes(bytes(data))
-    assert_one_line_error(medsaga_predict(tmp_path / "run", case, "--out", tmp_path / "out2", "--checkpoint", moved),
+    assert_one_line_error(medsaga("predict", tmp_path / "run", case, "--out", tmp_path / "out2", "--checkpoint", moved),
                           moved, "is not the checkpoint this run was trained from", "SHA-256")
     moved.write_bytes(bytes(data) + b"\0")
     with pytest.raises(InputError, match="bytes"):

@@ -24,8 +24,9 @@ from medsaga.report.overlays import (NEUTRAL_GREY, PALETTE, case_overlays, class
 from medsaga.report.page import case_score
 from tests.report_helpers import (CASES, SAMPLE, Page, assert_number, assert_offline, dump_dom, find_chromium,
                                   screenshot, write_sample_predictions)
-from tests.test_cli import assert_one_line_error, medsaga
-from tests.test_finetune import Interrupt, QuietReporter, tiny_options
+from tests.cli_helpers import assert_one_line_error, medsaga
+from tests.reporters import Interrupt, QuietReporter
+from tests.train_helpers import tiny_options
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: a tiny run (interrupted and resumed), its evaluation, Chromium

@@ -15,8 +15,9 @@ from medsaga.train.embedding_cache import frozen_module_name
 from medsaga.train.finetune import _build_model, check_inputs, finetune
 from medsaga.train.loop import LoopSettings
 from medsaga.train.options import BUDGET_STEP_LIMIT
-from medsaga.train.run_plan import RunFacts, gather_facts, plan_run, slice_settings
-from tests.test_finetune import QuietReporter, tiny_options
+from medsaga.train.run_plan import gather_facts, plan_run, slice_settings
+from tests.reporters import QuietReporter
+from tests.train_helpers import facts, tiny_options
 
 
 def json_round_trip(document: dict) -> dict:
@@ -62,13 +63,6 @@ def test_the_plan_is_what_config_json_records_after_a_real_run(tmp_path: Path, m
 def checked(tmp_path: Path):
     return check_inputs(tiny_options(tmp_path / "run", steps=None, epochs=3, batch_size=2, method="decoder",
                                      method_options={}))
-
-
-def facts(**changes) -> RunFacts:
-    base = dict(model_type="tiny", image_size=64, checkpoint=None, training_slices=10, embedding_shape=(32, 4, 4),
-                learning_rate_cap=None, decoder_learning_rate=None, frozen_module="sam.image_encoder",
-                available_memory=2**34, created="now")
-    return RunFacts(**{**base, **changes})
 
 
 def test_steps_rates_and_cache_are_decided_from_the_facts_alone(checked) -> None:

@@ -18,7 +18,7 @@ from medsaga.select.embed import tissue_slices
 from medsaga.select.pick import pairwise_distances, pick
 from medsaga.select.run import SelectOptions, select
 from tests.dataset_factory import make_nnunet, phantom, write_nifti
-from tests.test_cli import assert_one_line_error, medsaga
+from tests.cli_helpers import assert_one_line_error, medsaga
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,7 @@ from medsaga.data.slicing import (
 )
 from medsaga.errors import InputError
 from medsaga.io.volume import SourceInfo, Volume
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.data_paths import need_shared
 
 
 def _rotation(quaternion: np.ndarray) -> np.ndarray:
@@ -210,9 +208,7 @@ def test_unslice_checks_shape_and_plane():
 def test_real_mr_volume_and_label_round_trip():
     from medsaga.io.nifti import read_nifti
 
-    folder = DATA / "malf-brain-t1"
-    if not folder.is_dir():
-        pytest.skip(f"shared test data absent ({folder})")
+    folder = need_shared("malf-brain-t1")
     image = read_nifti(folder / "imagesTr" / "MALF_1000_0000.nii.gz")
     label = read_nifti(folder / "labelsTr" / "MALF_1000.nii.gz")
     assert image.orientation == "LAS"

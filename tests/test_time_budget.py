@@ -13,8 +13,9 @@ from medsaga.errors import InputError
 from medsaga.optim import warmup_poly_lr
 from medsaga.train.finetune import FinetuneOptions, finetune, options_from_run
 from medsaga.train.time_budget import PROBE_RAMP_STEPS, StepBudget, parse_duration, steps_for_budget
-from tests.test_cli import medsaga
-from tests.test_finetune import Interrupt, QuietReporter, tiny_options
+from tests.cli_helpers import medsaga
+from tests.reporters import Interrupt, QuietReporter
+from tests.train_helpers import FakeClock, tiny_options
 
 
 @pytest.mark.parametrize("text, seconds", [("20m", 1200), ("90s", 90), ("1h30m", 5400), ("600", 600),
@@ -27,22 +28,6 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations_are_input_errors(text: str) -> None:
     with pytest.raises(InputError, match="--time-budget"):
         parse_duration(text)
-
-
-class FakeClock:
-    """Seconds that move only when the test says: ``tick`` per call after ``setup`` seconds."""
-
-    def __init__(self, setup: float, tick: float) -> None:
-        self.now, self.setup, self.tick = 0.0, setup, tick
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        if self.calls == 2:  # the second reading is when the steps begin: the setup has passed
-            self.now += self.setup
-        elif self.calls > 2:
-            self.now += self.tick
-        return self.now
 
 
 def test_budget_fixes_total_from_measured_steps() -> None:

@@ -21,10 +21,9 @@ from medsaga.model.packaged_weights import (INSTALL_COMMAND, installed_litemedsa
                                             verify_litemedsam)
 from medsaga.model.segmenter import SamSegmenter
 from medsaga.model.tiny_vit import Conv2dBN, MBConv, PatchMerging, TinyViT
+from tests.data_paths import ROOT, SHARED_DATA, need_shared
 from tests.litemedsam_reference import reference_encoder, reference_tiny_vit_module
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 LIVER = 5  # TotalSegmentator's label value for the liver
 
 
@@ -84,9 +83,8 @@ def _largest_liver_slice() -> tuple[torch.Tensor, torch.Tensor]:
     from medsaga.data.slices import volume_to_slices
     from medsaga.io.read import read_volume
 
-    image, label = (SHARED / "ct-dicom-series" / name for name in ("example_ct_sm.nii.gz", "example_seg.nii.gz"))
-    if not image.exists():
-        pytest.skip(f"real data not available: {image} is absent (CI provides ../shared beside the clone)")
+    image, label = (SHARED_DATA / "ct-dicom-series" / name for name in ("example_ct_sm.nii.gz", "example_seg.nii.gz"))
+    need_shared(image)
     slices = volume_to_slices(read_volume(image), read_volume(label), presets="ct-abdomen")
     liver = torch.from_numpy(slices.labels == LIVER)
     index = int(liver.sum(dim=(1, 2)).argmax())

@@ -13,9 +13,11 @@ from medsaga.model.fast_attention import is_sped_up
 from medsaga.train.augment import AugmentSettings, Augmenter
 from medsaga.train.loop import LoopSettings, SilentObserver, train
 from tests.method_helpers import tiny_segmenter
-from tests.test_embedding_cache import SIZE, _one_thread, _slices  # noqa: F401 (autouse fixture)
+from tests.train_helpers import SIZE, cache_slices
 
 CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["galore", "lora"])
@@ -26,7 +28,7 @@ def test_training_with_fast_attention_equals_training_with_sams(name: str, tmp_p
     goes through the explicit formula); LoRA trains adapters inside ``qkv``. The losses of every
     step and the trained models' logits must agree to float rounding.
     """
-    data = _slices()
+    data = cache_slices()
     probe = data.batch([0, 3])[0]
     losses, logits, fast = [], [], []
     for fast_attention in (True, False):

@@ -20,8 +20,10 @@ from medsaga.option_checks import check_fraction, check_int, check_positive, che
 from medsaga.train import loop
 from medsaga.train.finetune import finetune, options_from_run
 from medsaga.train.loop import LoopSettings
-from tests.test_bad_input_table import SAMPLE, assert_refused, run_cli
-from tests.test_finetune import Interrupt, QuietReporter, tiny_options
+from tests.cli_helpers import assert_refused, medsaga_in_process
+from tests.data_paths import SAMPLE
+from tests.reporters import Interrupt, QuietReporter
+from tests.train_helpers import tiny_options
 
 # The tiny run as a command line: 4 steps, checkpoints after steps 1 and 3.
 TINY_CLI = ("finetune", str(SAMPLE), "--model", "tiny", "--shots", "2", "--image-size", "64", "--steps", "4",
@@ -63,7 +65,7 @@ def test_non_finite_loss_stops_the_run_with_one_line_and_keeps_the_last_good_che
 
     monkeypatch.setattr(loop, "segmentation_loss", loss_nan_at_step_2)
     run = tmp_path / "run"
-    code, stderr = run_cli([*TINY_CLI, "--out", str(run)], monkeypatch, capsys)
+    code, stderr = medsaga_in_process(capsys, monkeypatch, *TINY_CLI, "--out", str(run))
     line = assert_refused(code, stderr, f"error: step 2: loss is nan; the last good checkpoint is at step 1 in "
                                         f"{run / 'checkpoint'}; lower --lr")
     assert "--force" in line
@@ -101,7 +103,7 @@ def test_a_run_killed_before_its_first_checkpoint_says_how_to_restart(
     with pytest.raises(Interrupt):
         finetune(tiny_options(run), QuietReporter(stop_at=1))  # killed during step 1, before any checkpoint
     assert (run / "config.json").is_file() and not (run / "checkpoint").exists()
-    code, stderr = run_cli(["finetune", "--resume", str(run)], monkeypatch, capsys)
+    code, stderr = medsaga_in_process(capsys, monkeypatch, "finetune", "--resume", str(run))
     assert_refused(code, stderr, f"error: {run}: has no checkpoint yet")
     assert "start it again with the same command and --force" in stderr
 
@@ -165,7 +167,7 @@ def test_a_tampered_resume_state_is_one_line_naming_the_file(
     run = tmp_path / "run"
     shutil.copytree(stopped_run, run)
     tamper(run / "checkpoint" / name)
-    code, stderr = run_cli(["finetune", "--resume", str(run)], monkeypatch, capsys)
+    code, stderr = medsaga_in_process(capsys, monkeypatch, "finetune", "--resume", str(run))
     line = assert_refused(code, stderr, fragment)
     assert str(run / "checkpoint") in line, line
     assert _metric_steps(run) == [1, 2]  # refused before anything was touched
