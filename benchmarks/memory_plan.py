@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--record-name", default=None,
+                        help="the record's name under benchmarks/results/memory_plan/ (default: MODEL-DEVICE)")
     args = parser.parse_args()
     device = torch.device(args.device)
     sizes = default_profiled_sizes(args.model)
@@ -94,7 +96,7 @@ def main() -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    save_record("memory_plan", f"{args.model}-{args.device}", document)
+    save_record("memory_plan", args.record_name or f"{args.model}-{args.device}", document)
 
 
 if __name__ == "__main__":
