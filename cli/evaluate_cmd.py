@@ -71,7 +71,7 @@ def evaluate(
     """
     from medsaga.evaluate import evaluate as run_evaluation, match_cases, match_images
     from medsaga.evaluate.outputs import check_outputs, planned_outputs
-    from medsaga.evaluate.overlay import OVERLAY_FOLDER, OverlayWriter, overlay_legend, overlay_preset
+    from medsaga.report.overlay_pngs import OVERLAY_FOLDER, OverlayWriter, overlay_legend, overlay_preset
 
     if report is None:
         report = out is not None

@@ -16,7 +16,7 @@ from medsaga.errors import InputError
 from medsaga.evaluate import (EvalClass, binary_metrics, case_metrics, classes_from_values, evaluate,
                               load_class_set, match_cases, match_images)
 from medsaga.evaluate.metrics import ClassMetrics
-from medsaga.evaluate.overlay import MIN_PANEL, GAP, choose_slices, class_colour, label_boundary, render_overlay
+from medsaga.report.overlay_pngs import MIN_PANEL, GAP, choose_slices, class_colour, label_boundary, render_overlay
 from medsaga.evaluate.summary import summarise_class
 from medsaga.io import Volume
 from medsaga.report.figures import png_bytes
@@ -303,7 +303,7 @@ def test_overlay_picture() -> None:
 
 def test_overlay_window_from_the_channel_name(tmp_path: Path) -> None:
     """--intensity first, else channel 0's name of the first dataset.json or run config.json that has one."""
-    from medsaga.evaluate.overlay import channel_name, overlay_preset
+    from medsaga.report.overlay_pngs import channel_name, overlay_preset
 
     (tmp_path / "ct").mkdir()
     (tmp_path / "ct" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}}))

@@ -3,8 +3,9 @@
 Per case and class: Dice, HD95 (mm) and normalised surface Dice at a tolerance (mm), from MONAI,
 with empty masks decided by an explicit rule (:mod:`medsaga.evaluate.metrics`) and per-class
 means that count, rather than average in, the cases where the reference lacks the class
-(:mod:`medsaga.evaluate.summary`). Outputs: :mod:`medsaga.evaluate.outputs` (CSV, JSON) and
-:mod:`medsaga.evaluate.overlay` (PNG pictures).
+(:mod:`medsaga.evaluate.summary`). Outputs: :mod:`medsaga.evaluate.outputs` (CSV, JSON, and the
+layout of ``--out``); the pictures of ``--overlay`` and the page are drawn by :mod:`medsaga.report`,
+which imports this package, never the other way round.
 
 Importing this package is cheap: torch and MONAI are imported when metrics are computed.
 """

@@ -32,6 +32,7 @@ from medsaga.io.atomic import atomic_output, write_errors
 
 CSV_NAME = "metrics.csv"
 JSON_NAME = "metrics.json"
+OVERLAY_FOLDER = "overlays"  # --overlay's pictures, one PNG per case (medsaga.report.overlay_pngs)
 CSV_COLUMNS = ("case_id", "class_value", "class_name", "dice", "hd95_mm", "nsd", "status", "gt_voxels",
                "pred_voxels")
 EMPTY_RULE = ("both empty: Dice 1, HD95 0, NSD 1 (status 'both empty'); reference empty, prediction not: Dice 0, "
@@ -105,8 +106,7 @@ def planned_outputs(out: Path | None, overlay_cases: Sequence[str] = (), report:
     (``report``), and ``overlays/CASE.png`` for each of ``overlay_cases``; none without ``out``."""
     if out is None:
         return []
-    from medsaga.evaluate.overlay import OVERLAY_FOLDER
-    from medsaga.report import REPORT_NAME
+    from medsaga.io.paths import REPORT_NAME
 
     return [out / CSV_NAME, out / JSON_NAME] + ([out / REPORT_NAME] if report else []) + \
         [out / OVERLAY_FOLDER / f"{case}.png" for case in overlay_cases]

@@ -30,6 +30,8 @@ from medsaga.io.atomic import TEMP_PREFIX, write_error_reason, write_errors
 # The file by which medsaga recognises a folder it made itself (a run, a selection...): JSON
 # ``{"kind": KIND, "medsaga_version": ...}``. Only a folder holding it may be replaced with --force.
 FOLDER_MARKER = ".medsaga-folder.json"
+# The self-contained HTML page in a run folder and in evaluate's --out (written by medsaga.report).
+REPORT_NAME = "report.html"
 
 
 def write_folder_marker(folder: Path, kind: str) -> None:

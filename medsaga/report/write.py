@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from medsaga.errors import InputError
 from medsaga.io.atomic import atomic_output
+from medsaga.io.paths import REPORT_NAME
 from medsaga.report.figures import png_bytes
 from medsaga.report.overlays import case_overlays
 from medsaga.report.page import CaseOverlays, Picture, evaluation_page, plane_caption, run_page
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from medsaga.evaluate import CaseResult
     from medsaga.io import Volume
 
-REPORT_NAME = "report.html"
 
 
 def write_html(path: Path, text: str) -> Path:

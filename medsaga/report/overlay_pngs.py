@@ -33,6 +33,7 @@ import numpy as np
 from medsaga.data.intensity import IntensityPreset, choose_preset, intensity_range
 from medsaga.data.slicing import plane_spacing, slice_volume
 from medsaga.evaluate.matching import Matching
+from medsaga.evaluate.outputs import OVERLAY_FOLDER
 from medsaga.evaluate.run import CaseResult, Evaluation, present_classes, read_image
 from medsaga.io import Volume
 from medsaga.report.overlays import (FILL_ALPHA, MIN_PANEL, PALETTE, class_colour, class_colour_name, draw_panel,
@@ -40,7 +41,6 @@ from medsaga.report.overlays import (FILL_ALPHA, MIN_PANEL, PALETTE, class_colou
 
 GAP = 4
 GAP_GREY = 40
-OVERLAY_FOLDER = "overlays"  # in evaluate's --out
 
 
 def choose_slices(prediction: np.ndarray, reference: np.ndarray, count: int) -> list[int]:
