@@ -151,6 +151,29 @@ def test_select_and_predict_take_the_device_from_medsaga_device() -> None:
     assert offending("medsaga.select", "medsaga.benchmark") == []
 
 
+# The packages in layers, lowest first: a unit imports only units of lower layers (no upward and no
+# sideways import). Adding a package means placing it here.
+LAYERS: list[set[str]] = [
+    {"medsaga", "medsaga.__main__", "medsaga.errors", "medsaga.distributed", "medsaga.optim"},  # foundations
+    {"medsaga.option_checks", "medsaga.device",                      # checks and devices (raise InputError),
+     "medsaga.io", "medsaga.model", "medsaga.losses"},               # volumes on disk, networks, the loss
+    {"medsaga.data", "medsaga.methods"},                             # slices from volumes; tuning methods
+    {"medsaga.evaluate", "medsaga.predict"},                         # scoring; inference
+    {"medsaga.report", "medsaga.runs"},                              # pages; run folders
+    {"medsaga.train"},                                               # fine-tuning (writes its report)
+    {"medsaga.plan", "medsaga.select", "medsaga.benchmark"},         # built on training
+]
+
+
+def test_every_package_imports_only_lower_layers() -> None:
+    layer_of = {name: index for index, layer in enumerate(LAYERS) for name in layer}
+    graph = unit_graph()
+    assert set(graph) <= set(layer_of), f"place these packages in LAYERS: {sorted(set(graph) - set(layer_of))}"
+    upward = sorted(f"{source} -> {target}" for source, targets in graph.items() for target in targets
+                    if target != source and layer_of[target] >= layer_of[source])
+    assert upward == [], f"imports of a package in the same or a higher layer: {upward}"
+
+
 def test_evaluate_does_not_import_the_report() -> None:
     """The report presents evaluations: it imports medsaga.evaluate, never the other way round."""
     assert offending("medsaga.evaluate", "medsaga.report") == []
