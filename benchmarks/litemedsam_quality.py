@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from records import environment
+from records import environment, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("galore", "adapter", "parser", "lora", "conv-lora", "decoder", "full")
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     # A kept record keeps the date and machine of its measurement: only a run done now,
                     # or one whose record is missing, writes it.
                     if ran_now or not kept.is_file():
-                        kept.write_text(json.dumps({**record, "settings": _settings(args), "measured": environment()},
-                                                   indent=2) + "\n", encoding="utf-8")
+                        write_json(kept, {**record, "settings": _settings(args), "measured": environment()})
                     records.append(record)
                 elif kept.is_file():
                     records.append(_kept_record(kept, args))

@@ -55,6 +55,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from litemedsam_quality import _test_set, finetune_predict_evaluate  # noqa: E402  (the shared runner)
 from records import environment, write_json  # noqa: E402
 
+from medsaga.io.atomic import atomic_output  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Task:
@@ -403,9 +405,8 @@ def update_docs(records: list[dict[str, Any]], root: Path = ROOT) -> list[Path]:
     for relative, name, make in DOC_TABLES:
         path = root / relative
         text = replace_between_markers(path.read_text(encoding="utf-8"), name, make(records))
-        write_text = path.with_name(f".{path.name}.tmp")
-        write_text.write_text(text, encoding="utf-8")
-        write_text.replace(path)
+        with atomic_output(path) as temporary:
+            temporary.write_text(text, encoding="utf-8")
         written.append(path)
     return written
 

@@ -62,11 +62,12 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(path: Path, document: dict[str, Any]) -> Path:
-    """Write ``document`` whole or not at all (temporary file, then rename)."""
+    """Write ``document`` whole or not at all (:func:`medsaga.io.atomic.atomic_output`)."""
+    from medsaga.io.atomic import atomic_output
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return path
 
 

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from litemedsam_quality import _test_set, finetune_predict_evaluate  # noqa: E402  (shared with the quality table)
-from records import environment  # noqa: E402
+from records import environment, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +152,7 @@ def _run(args: argparse.Namespace, method: str, cases: tuple[str, ...], images: 
     dice = {summary["name"]: summary["dice"] for summary in metrics["mean"]}
     record = {"method": method, "cases": sorted(cases), "evaluated_on": len(images), "dice": dice,
               "mean_dice": _mean(dice), "timings": timings, "settings": _settings(args), "measured": environment()}
-    kept.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json(kept, record)
     return record
 
 

@@ -80,12 +80,12 @@ def evaluate(
     image_paths, image_json = match_images(images, matching.pairs) if images is not None else ({}, None)
     report_images, images_note = ({}, "")
     if report:
-        from medsaga.report import dataset_images, report_images as choose_report_images
+        from medsaga.report import report_images as choose_report_images
 
-        report_images, images_note = choose_report_images(images, image_paths, ground_truth,
-                                                          [pair.case_id for pair in matching.pairs])
+        report_images, images_note, dataset_json = choose_report_images(images, image_paths, ground_truth,
+                                                                        [pair.case_id for pair in matching.pairs])
         if images is None:
-            image_json = dataset_images(ground_truth, [])[1]
+            image_json = dataset_json
     preset = overlay_preset(intensity, [image_json, labels, matching.dataset_json]) if overlay or report else None
     outputs = planned_outputs(out, [p.case_id for p in matching.pairs] if overlay else [], report)
     check_outputs(outputs, force, [prediction, ground_truth, labels, images])

@@ -79,7 +79,7 @@ _CHECKPOINT: Tree = {"state.safetensors": FILE, "state.json": FILE}
 # that a real run and a real selection hold nothing else).
 OWNED_CONTENTS: dict[str, Tree] = {
     "run": {  # medsaga finetune
-        "config.json": FILE, "report.json": FILE, "report.html": FILE, "metrics.jsonl": FILE,
+        "config.json": FILE, "report.json": FILE, REPORT_NAME: FILE, "metrics.jsonl": FILE,
         "trained.safetensors": FILE, "method.json": FILE,
         "checkpoint": _CHECKPOINT, ".checkpoint-new": _CHECKPOINT, ".checkpoint-old": _CHECKPOINT,
         # the decoder warm-up's phase (medsaga.train.decoder_warmup)
@@ -87,7 +87,7 @@ OWNED_CONTENTS: dict[str, Tree] = {
                            "checkpoint": _CHECKPOINT, ".checkpoint-new": _CHECKPOINT, ".checkpoint-old": _CHECKPOINT},
         # what `make demo` writes inside its run: medsaga predict's and medsaga evaluate's outputs
         "predictions": {"*.nii.gz": FILE, "*.nrrd": FILE, "*.seg.dcm": FILE, "probabilities": {"*.nii.gz": FILE}},
-        "evaluation": {"metrics.csv": FILE, "metrics.json": FILE, "report.html": FILE, "overlays": {"*.png": FILE}},
+        "evaluation": {"metrics.csv": FILE, "metrics.json": FILE, REPORT_NAME: FILE, "overlays": {"*.png": FILE}},
     },
     "selection": {"selection.json": FILE, "cases.txt": FILE, "cohort_map.png": FILE},  # medsaga select
 }

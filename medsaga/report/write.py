@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from medsaga.io import Volume
 
 
-
 def write_html(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8); return ``path``."""
     with atomic_output(path) as temporary:
@@ -121,20 +120,21 @@ def dataset_images(ground_truth: Path, case_ids: list[str]) -> tuple[dict[str, P
 
 
 def report_images(images_folder: Path | None, checked: dict[str, Path], ground_truth: Path,
-                  case_ids: list[str]) -> tuple[dict[str, Path], str]:
-    """The images an evaluation's page draws on, and a sentence saying which: those of ``--images``
-    (``checked``: already matched to the label maps), else the ground-truth dataset's own images
-    where it has them, else none (the labels are drawn on grey)."""
+                  case_ids: list[str]) -> tuple[dict[str, Path], str, Path | None]:
+    """The images an evaluation's page draws on, a sentence saying which, and the ground-truth
+    dataset's ``dataset.json`` when the images are its own: those of ``--images`` (``checked``:
+    already matched to the label maps), else the ground-truth dataset's own images where it has
+    them, else none (the labels are drawn on grey)."""
     if images_folder is not None:
-        return checked, f"Overlays drawn on the images of {images_folder}."
-    found, _ = dataset_images(ground_truth, case_ids)
+        return checked, f"Overlays drawn on the images of {images_folder}.", None
+    found, dataset_json = dataset_images(ground_truth, case_ids)
     if found:
         missing = len(case_ids) - len(found)
         return found, (f"Overlays drawn on the images beside the ground truth ({ground_truth})"
                        + (f"; {missing} case(s) without one are drawn on a neutral grey." if missing else ".")
-                       + " --images chooses others.")
+                       + " --images chooses others."), dataset_json
     return {}, ("No images (give --images, or a ground-truth dataset with imagesTr/): the labels are drawn on a "
-                "neutral grey.")
+                "neutral grey."), dataset_json
 
 
 __all__ = ["REPORT_NAME", "OverlayCollector", "dataset_images", "report_images", "write_evaluation_report",
